@@ -1,0 +1,196 @@
+"""The `rayrec` command line: one subcommand per stage, and `run` chaining them.
+
+Every stage works the same on a laptop and under `ray job submit` (see ``runtime.init_ray``).
+Errors a user can fix are printed as one clear message with exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from rayrec.config import ConfigError, RayrecConfig, load_config
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="rayrec: logs in, recommendations out.")
+console = Console(stderr=False)
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (see configs/).")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override: section.key=value (repeatable).")]
+SMOKE_OVERRIDES = ["generate.scale=tiny", "preprocess.min_user_events=2", "preprocess.min_item_events=2"]
+
+
+def _fail(message: str) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code=2)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from rayrec.data.preprocess import PreprocessError
+    from rayrec.data.sources import SourceFileError
+
+    return ConfigError, PreprocessError, SourceFileError, FileNotFoundError
+
+
+def _unwrap(error: BaseException) -> BaseException:
+    """The user-facing cause of an error that crossed a Ray task boundary."""
+    cause = getattr(error, "cause", None)
+    return cause if isinstance(cause, BaseException) else error
+
+
+@contextmanager
+def _user_facing_errors() -> Iterator[None]:
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except Exception as e:  # noqa: BLE001 - decided below: user error or bug
+        cause = _unwrap(e)
+        if isinstance(cause, _user_errors()):
+            raise _fail(str(cause)) from None
+        raise
+
+
+def _config(config: Path | None, overrides: list[str] | None) -> RayrecConfig:
+    with _user_facing_errors():
+        return load_config(config, overrides or [])
+
+
+@contextmanager
+def _stages(title: str) -> Iterator[Callable[[str], None]]:
+    """A rich progress line per stage: the callback marks the previous stage done."""
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  console=console, transient=False) as progress:
+        current: list[int] = []
+
+        def on_stage(name: str) -> None:
+            if current:
+                progress.update(current[-1], completed=1, total=1)
+            current.append(progress.add_task(f"{title}: {name}", total=None))
+
+        yield on_stage
+        if current:
+            progress.update(current[-1], completed=1, total=1)
+
+
+@app.command()
+def generate(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    scale: Annotated[Optional[str], typer.Option(help="tiny | small | demo | large")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Generator seed.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (catalog.csv, events/).")] = None,
+) -> None:
+    """Write the deterministic synthetic e-commerce dataset (catalog + event log with bad rows)."""
+    extra = [f"generate.scale={scale}"] * bool(scale) + [f"generate.seed={seed}"] * (seed is not None)
+    extra += [f"generate.out_dir={out}"] * bool(out)
+    cfg = _config(config, [*(set_ or []), *extra])
+    _run_generate(cfg)
+
+
+def _run_generate(cfg: RayrecConfig) -> None:
+    from rayrec.data.synthetic import generate as generate_data
+
+    if cfg.generate is None:
+        raise _fail("this config has no `generate` section (it reads a real dataset)")
+    g = cfg.generate
+    with Progress(TextColumn("generate"), BarColumn(), TextColumn("{task.completed}/{task.total} files"),
+                  TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task("generate", total=None)
+        summary = generate_data(g.out_dir, scale=g.scale, seed=g.seed,
+                                progress=lambda done, total: progress.update(task, completed=done, total=total))
+    console.print(f"[green]generated[/] {summary.n_events:,} events, {summary.n_items:,} items, "
+                  f"{summary.n_users:,} users in {summary.out_dir} "
+                  f"({sum(summary.bad_rows.values()):,} deliberately bad rows)")
+
+
+@app.command()
+def preprocess(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Validate, dedupe, k-core filter, split and build training examples with Ray Data."""
+    cfg = _config(config, set_)
+    manifest = _run_preprocess(cfg)
+    print_preprocess_summary(manifest)
+
+
+def _run_preprocess(cfg: RayrecConfig) -> dict[str, Any]:
+    from rayrec.data.preprocess import run_preprocess
+    from rayrec.runtime import init_ray
+
+    with _user_facing_errors():
+        init_ray(cfg.ray)
+        with _stages("preprocess") as on_stage:
+            return run_preprocess(cfg, on_stage)
+
+
+def print_preprocess_summary(manifest: dict[str, Any]) -> None:
+    c = manifest["counts"]
+    table = Table(title="preprocess: where every row went", show_header=True)
+    table.add_column("rows")
+    table.add_column("count", justify="right")
+    for label, key in [("read", "rows_read"), ("rejected (rejects/)", "rejected"),
+                       ("exact duplicates (duplicates/)", "duplicates"), ("k-core filtered", "filtered_kcore"),
+                       ("kept", "kept")]:
+        table.add_row(label, f"{c[key]:,}")
+    table.add_row("adds up", "[green]yes[/]" if c["adds_up"] else "[red]NO[/]")
+    console.print(table)
+    if c["rejected_by_reason"]:
+        reasons = Table(title="rejected rows by reason")
+        reasons.add_column("reason")
+        reasons.add_column("rows", justify="right")
+        for reason, n in sorted(c["rejected_by_reason"].items(), key=lambda kv: -kv[1]):
+            reasons.add_row(reason, f"{n:,}")
+        console.print(reasons)
+    outputs = Table(title="training data")
+    outputs.add_column("output")
+    for split in ("train", "valid", "test"):
+        outputs.add_column(split, justify="right")
+    for name, splits in manifest["outputs"].items():
+        outputs.add_row(name, *(f"{splits[s]:,}" for s in ("train", "valid", "test")))
+    console.print(outputs)
+    console.print("vocabularies: " + ", ".join(f"{k} {v:,}" for k, v in manifest["vocab_sizes"].items()))
+    for split, (lo, hi) in manifest["time_ranges"].items():
+        console.print(f"  {split:5s} {lo} .. {hi}")
+    for bad in manifest["source"]["bad_files"]:
+        console.print(f"[yellow]skipped bad file[/] {bad['path']}: {bad['error']}")
+
+
+@app.command()
+def run(
+    config: ConfigOpt = Path("configs/demo.yaml"),
+    set_: SetOpt = None,
+    smoke: Annotated[bool, typer.Option("--smoke", help="Tiny data, exits quickly (CI and a first look).")] = False,
+) -> None:
+    """The main job end to end: generate (synthetic configs) → preprocess → summary."""
+    cfg = _config(config, [*(SMOKE_OVERRIDES if smoke else []), *(set_ or [])])
+    if cfg.generate is not None:
+        _run_generate(cfg)
+    manifest = _run_preprocess(cfg)
+    print_preprocess_summary(manifest)
+    console.print(f"[bold green]done[/]: outputs and manifest.json in {cfg.preprocess.out_dir}")
+
+
+@app.command("config-schema")
+def config_schema() -> None:
+    """Print the JSON schema of the configuration (every key, type and description)."""
+    sys.stdout.write(json.dumps(RayrecConfig.model_json_schema(by_alias=True), indent=2) + "\n")
+
+
+@app.command("show-config")
+def show_config(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Print the effective configuration after defaults and overrides."""
+    import yaml
+
+    cfg = _config(config, set_)
+    sys.stdout.write(yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False))
+
+
+if __name__ == "__main__":
+    app()
