@@ -107,6 +107,60 @@ class PreprocessConfig(Section):
         return self
 
 
+class TwoTowerConfig(Section):
+    dim: int = Field(64, ge=8, description="Output embedding dimension of both towers.")
+    hidden: int = Field(128, ge=8, description="Width of the towers' MLPs.")
+    heads: int = Field(2, ge=1, description="Attention heads of the user tower's transformer layer.")
+    id_dropout: float = Field(0.1, ge=0, lt=1, description="Share of training items whose id embedding is "
+                              "dropped, so the content path alone learns to place new items.")
+    temperature: float = Field(0.07, gt=0, description="Softmax temperature (initial value when learnable).")
+    learn_temperature: bool = Field(True, description="Learn the temperature rather than fix it.")
+    logq_correction: bool = Field(True, description="Subtract log sampling probability from in-batch logits.")
+    uniform_negatives: int = Field(0, ge=0, description="Extra uniformly sampled negatives per batch.")
+
+
+class RankerConfig(Section):
+    dim: int = Field(16, ge=4, description="Embedding size of the ranker's categorical features.")
+    cross_layers: int = Field(2, ge=0, description="DCN-v2 cross layers.")
+    cross_rank: int = Field(32, ge=1, description="Rank of the low-rank cross weight matrices.")
+    deep_layers: list[int] = Field(default_factory=lambda: [128, 64], description="Widths of the deep tower.")
+    hard_negatives: int = Field(2, ge=0, description="Negatives per positive drawn from the retrieval model's top-K.")
+    hard_negative_pool: int = Field(50, ge=1, description="K of the retrieval top-K that hard negatives come from.")
+    purchase_weight: float = Field(0.5, ge=0, description="Weight of P(purchase) added to P(click) in the score.")
+
+
+class TrainConfig(Section):
+    out_dir: str = Field("runs/demo", description="Where trained artifacts, metrics and plots are written.")
+    storage_path: str | None = Field(None, description="Ray Train checkpoint storage (null: <out_dir>/ray).")
+    epochs: int = Field(4, ge=1, description="Epochs of retrieval training.")
+    ranker_epochs: int = Field(3, ge=1, description="Epochs of ranker training.")
+    batch_size: int = Field(512, ge=2, description="Per-worker batch size (in-batch negatives come from it).")
+    lr: float = Field(2e-3, gt=0, description="AdamW learning rate.")
+    weight_decay: float = Field(1e-5, ge=0, description="AdamW weight decay.")
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (DDP processes).")
+    use_gpu: bool = Field(False, description="Train on GPUs (AMP enabled automatically).")
+    resources_per_worker: dict[str, float] = Field(
+        default_factory=lambda: {"CPU": 1}, description="Ray resources per worker; fractional GPU allowed."
+    )
+    max_failures: int = Field(2, ge=0, description="Worker failures tolerated; training resumes from the last checkpoint.")
+    threads_per_worker: int = Field(1, ge=1, description="torch/OMP threads per worker.")
+    eval_users: int = Field(2000, ge=1, description="Validation users scored each epoch (full ranking).")
+    seed: int = Field(0, description="Seed of model initialisation and shuffling.")
+
+
+class EvaluateConfig(Section):
+    ks: list[int] = Field(default_factory=lambda: [10, 20, 50, 100], description="Cut-offs of the metrics.")
+    exclude_seen: bool = Field(True, description="Exclude items the user interacted with before the cutoff "
+                               "(set false for repeat-purchase domains).")
+    candidates: int = Field(100, ge=1, description="Retrieval candidates re-ranked by the ranker.")
+    min_stage: int = Field(1, ge=0, le=3, description="Targets: test interactions at least this funnel stage (1 = click).")
+    baselines: list[str] = Field(
+        default_factory=lambda: ["most_popular", "recently_popular", "item_knn", "implicit_als", "implicit_bpr"],
+        description="Baselines computed in the same run.",
+    )
+    out_dir: str | None = Field(None, description="Report folder (null: <train.out_dir>/report).")
+
+
 class RayConfig(Section):
     address: str | None = Field(
         None, description="Ray cluster to join; null uses RAY_ADDRESS when set, else starts a local Ray."
@@ -124,13 +178,18 @@ class RayrecConfig(Section):
     )
     validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    model: TwoTowerConfig = Field(default_factory=TwoTowerConfig)
+    ranker: RankerConfig = Field(default_factory=RankerConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
     def fingerprint(self) -> str:
         """Short hash of the settings that shape the processed data (not where it is written)."""
-        payload = self.model_dump(mode="json", by_alias=True, exclude={"name": True, "ray": True})
+        payload = self.model_dump(mode="json", by_alias=True,
+                                  include={"source", "generate", "validate_", "preprocess"})
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

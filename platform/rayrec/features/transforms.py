@@ -59,3 +59,35 @@ def history_window(
     idx = positions[:, None] + offsets[None, :]
     valid = idx >= user_starts[:, None]
     return np.where(valid, idx, 0), valid
+
+
+GAP_BUCKETS = 24  # log2 buckets of seconds: 0 = padding, 1 = same second, ... up to ~97 days
+
+
+def gap_bucket(gaps_s: np.ndarray) -> np.ndarray:
+    """Time gaps in seconds -> ids 1..GAP_BUCKETS-1 on a log2 scale (0 stays padding for the caller)."""
+    buckets = np.floor(np.log2(np.maximum(gaps_s, 0) + 1)).astype(np.int64) + 1
+    return np.minimum(buckets, GAP_BUCKETS - 1)
+
+
+def pad_lists(lists: object, length: int, align: str = "right", dtype: type = np.int64) -> np.ndarray:
+    """Variable-length lists (Python lists or an Arrow list array) -> [n, length], 0-padded.
+
+    'right' keeps the most recent (last) values right-aligned, as histories are read; 'left'
+    keeps the first values, as titles are.
+    """
+    import pyarrow as pa
+
+    arr = lists if isinstance(lists, (pa.Array, pa.ChunkedArray)) else pa.array(lists, pa.list_(pa.float64()))
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks() if arr.num_chunks else pa.array([], arr.type)
+    arr = arr.fill_null([])
+    offsets = arr.offsets.to_numpy().astype(np.int64)
+    values = arr.flatten().to_numpy(zero_copy_only=False)
+    starts, ends = offsets[:-1], offsets[1:]
+    steps = np.arange(length)
+    idx = (ends[:, None] - length + steps) if align == "right" else (starts[:, None] + steps)
+    valid = (idx >= starts[:, None]) & (idx < ends[:, None])
+    if values.size == 0:
+        return np.zeros((len(starts), length), dtype=dtype)
+    return np.where(valid, values[np.clip(idx, 0, values.size - 1)], 0).astype(dtype)

@@ -1,0 +1,69 @@
+"""The on-disk model bundle that later stages read: weights, sizes, vocabulary fingerprint, metadata.
+
+A bundle is a folder: ``weights.pt`` (a plain state dict, loaded with ``weights_only=True`` so a
+tampered file cannot run code), ``meta.json`` (model kind, spec, vocabulary fingerprint, epoch,
+metrics, the SHA-256 of the weights) and optionally ``optimizer.pt`` for resuming. Loading checks
+the hash and the vocabulary fingerprint before any tensor reaches a model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+WEIGHTS = "weights.pt"
+OPTIMIZER = "optimizer.pt"
+META = "meta.json"
+
+
+class ArtifactError(RuntimeError):
+    """A bundle that must not be used: missing, corrupt, or built for other data."""
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def save_bundle(directory: Path, model: nn.Module, meta: dict[str, Any],
+                optimizer: torch.optim.Optimizer | None = None) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), directory / WEIGHTS)
+    if optimizer is not None:
+        torch.save(optimizer.state_dict(), directory / OPTIMIZER)
+    full = {**meta, "weights_sha256": _sha256(directory / WEIGHTS)}
+    (directory / META).write_text(json.dumps(full, indent=2, default=str))
+    return directory
+
+
+def read_meta(directory: Path) -> dict[str, Any]:
+    path = Path(directory) / META
+    if not path.is_file():
+        raise ArtifactError(f"{directory}: no {META}; not a rayrec model bundle")
+    return json.loads(path.read_text())
+
+
+def load_bundle(directory: Path, kind: str, vocab_fingerprint: str | None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(state dict, meta) after checking kind, weights hash and vocabulary fingerprint."""
+    directory = Path(directory)
+    meta = read_meta(directory)
+    if meta.get("kind") != kind:
+        raise ArtifactError(f"{directory}: holds a {meta.get('kind')!r} model, expected {kind!r}")
+    weights = directory / WEIGHTS
+    if not weights.is_file() or _sha256(weights) != meta.get("weights_sha256"):
+        raise ArtifactError(f"{weights}: missing or does not match the hash in {META}; the file is corrupt or was replaced")
+    if vocab_fingerprint is not None and meta.get("vocab_fingerprint") != vocab_fingerprint:
+        raise ArtifactError(
+            f"{directory}: trained on vocabulary {meta.get('vocab_fingerprint')}, but the data has "
+            f"{vocab_fingerprint}; retrain on this data, or point preprocess.out_dir at the data it was trained on"
+        )
+    return torch.load(weights, map_location="cpu", weights_only=True), meta
+
+
+def load_optimizer_state(directory: Path) -> dict[str, Any] | None:
+    path = Path(directory) / OPTIMIZER
+    return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None

@@ -1,0 +1,378 @@
+"""`rayrec preprocess`: raw logs to training data with Ray Data, streaming, with a manifest that adds up.
+
+Walk of a log row: ``sources`` reads it (one Ray task per file) → ``EventValidator`` types it or
+gives it a reason (→ ``rejects/``) → grouped by user bucket, exact repeats go to ``duplicates/`` →
+iterative k-core drops sparse users and items (counted per round) → vocabularies, a temporal split
+and per-user examples (``examples.build_user_examples``) → Parquet + ``manifest.json``.
+
+The driver only ever holds vocabulary-sized data (counts per user/item, the catalog, a fixed-size
+time histogram); event rows stay in Ray's object store and on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rayrec.config import RayrecConfig
+from rayrec.data import sources
+from rayrec.data.examples import SPLIT_NAMES, USER_BUCKET, ExampleSpec, build_user_examples, mark_duplicates, user_bucket
+from rayrec.data.validate import REASON_CODE, EventValidator, validate_catalog
+from rayrec.features.transforms import category_prefixes, price_bucket, price_bucket_edges, tokenize
+from rayrec.features.vocab import Vocabulary, vocab_set_fingerprint
+from rayrec.schema import INTERACTION_TYPES, REASON, SCHEMA_VERSION
+
+StageCallback = Callable[[str], None]
+HISTOGRAM_BINS = 1 << 16
+VOCAB_NAMES = ("users", "items", "categories", "brands", "tokens")
+
+
+class PreprocessError(RuntimeError):
+    """A problem with the input that stops preprocessing, worded for the person who runs it."""
+
+
+@dataclass
+class FileReport:
+    read: list[str] = field(default_factory=list)
+    empty: list[str] = field(default_factory=list)
+    bad: list[dict[str, str]] = field(default_factory=list)
+
+
+# ---- Ray Data UDFs (module-level so they pickle by reference) -------------------------------
+
+
+def _read_event_files(batch: dict[str, np.ndarray], source: Any) -> Iterator[pa.Table]:
+    for path in batch["path"]:
+        yield from sources.read_event_file(str(path), source)
+
+
+def _read_catalog_files(batch: dict[str, np.ndarray], source: Any) -> Iterator[pa.Table]:
+    for path in batch["path"]:
+        yield from sources.read_catalog_file(str(path), source)
+
+
+def _rejected(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df[REASON].notna()]
+
+
+def _valid_with_bucket(df: pd.DataFrame, buckets: int) -> pd.DataFrame:
+    df = df[df[REASON].isna()].drop(columns=[REASON, REASON_CODE])
+    return df.assign(**{USER_BUCKET: user_bucket(df["user_id"], buckets)})
+
+
+def _rows_where(df: pd.DataFrame, column: str, value: Any) -> pd.DataFrame:
+    return df[df[column] == value]
+
+
+def _count_keys(df: pd.DataFrame) -> pd.DataFrame:
+    """Interactions per user and per item; users with only searches appear with 0."""
+    is_inter = df["event_type"].isin(INTERACTION_TYPES)
+    users = is_inter.groupby(df["user_id"]).sum()
+    items = df.loc[is_inter, "item_id"].value_counts()
+    return pd.DataFrame({
+        "kind": ["user"] * len(users) + ["item"] * len(items),
+        "key": [*users.index, *items.index],
+        "n": np.r_[users.to_numpy(), items.to_numpy()].astype(np.int64),
+    })  # fmt: skip
+
+
+def _keep_core(df: pd.DataFrame, users: frozenset[str], items: frozenset[str]) -> pd.DataFrame:
+    ok_user = df["user_id"].isin(users)
+    ok_item = (df["event_type"] == "search") | df["item_id"].isin(items)
+    return df[ok_user & ok_item]
+
+
+def _ts_histogram(df: pd.DataFrame, lo: float, hi: float) -> pd.DataFrame:
+    ts = df.loc[df["event_type"].isin(INTERACTION_TYPES), "ts_ms"].to_numpy(np.float64)
+    counts, _ = np.histogram(ts, bins=HISTOGRAM_BINS, range=(lo, hi))
+    return pd.DataFrame({"counts": [counts]})
+
+
+def _search_tokens(df: pd.DataFrame) -> pd.DataFrame:
+    queries = df.loc[df["event_type"] == "search", "query"]
+    tokens = sorted({t for q in queries for t in tokenize(q)})
+    return pd.DataFrame({"token": tokens})
+
+
+def _drop_kind_columns(df: pd.DataFrame, kind: str, keep: tuple[str, ...]) -> pd.DataFrame:
+    return df.loc[df["kind"] == kind, list(keep)]
+
+
+EVENT_OUTPUT = ("user_idx", "item_idx", "ts_ms", "split", "stage", "session_id",
+                "hist_items", "hist_types", "hist_gaps_s")  # fmt: skip
+OUTPUTS: dict[str, tuple[str, ...]] = {
+    "event": EVENT_OUTPUT,
+    "ranking": (*EVENT_OUTPUT, "label_click", "label_cart", "label_purchase", "negative"),
+    "search": (*EVENT_OUTPUT, "query", "query_tokens"),
+}
+OUTPUT_DIRS = {"event": "events", "ranking": "ranking", "search": "search"}
+
+
+# ---- driver-side steps -----------------------------------------------------------------------
+
+
+def _check_files(cfg: RayrecConfig) -> FileReport:
+    report = FileReport()
+    for path in sources.event_files(cfg.source):
+        problem = sources.check_file(path)
+        if problem is None:
+            report.read.append(path)
+        elif problem.startswith("empty file"):
+            report.empty.append(path)
+        elif cfg.source.on_bad_file == "skip":
+            report.bad.append({"path": path, "error": problem})
+        else:
+            raise PreprocessError(f"{path}: {problem}. Fix or remove the file, or set "
+                                  "source.on_bad_file=skip to skip it and name it in the manifest.")
+    if not report.read:
+        raise PreprocessError(f"no readable event files under {cfg.source.events!r}")
+    return report
+
+
+def _load_catalog(cfg: RayrecConfig, out: Path) -> tuple[pd.DataFrame | None, dict[str, int]]:
+    import ray
+
+    paths = sources.catalog_files(cfg.source)
+    if not paths:
+        return None, {"rows_read": 0, "rejected": 0, "kept": 0}
+    raw = (ray.data.from_items([{"path": p} for p in paths])
+           .map_batches(_read_catalog_files, batch_size=1, fn_kwargs={"source": cfg.source})
+           .to_pandas())  # catalog-sized: one row per item
+    valid, rejected = validate_catalog(raw)
+    if len(rejected):
+        rejected.to_parquet(out / "rejects_catalog.parquet", index=False)
+    return valid, {"rows_read": len(raw), "rejected": len(rejected), "kept": len(valid)}
+
+
+def _reason_counts(rejects: Any) -> dict[str, int]:
+    if rejects.count() == 0:
+        return {}
+    counts = rejects.groupby(REASON_CODE).count().to_pandas()
+    return {str(k): int(v) for k, v in zip(counts[REASON_CODE], counts["count()"])}
+
+
+def _kcore(data: Any, cfg: RayrecConfig, on_stage: StageCallback) -> tuple[Any, list[dict[str, int]], pd.DataFrame]:
+    """Iterative k-core; returns (kept events, per-round stats, final user/item counts)."""
+    p = cfg.preprocess
+    rounds: list[dict[str, int]] = []
+    for r in range(1, p.max_kcore_rounds + 1):
+        counts = data.map_batches(_count_keys, batch_format="pandas").to_pandas()
+        counts = counts.groupby(["kind", "key"], as_index=False)["n"].sum()
+        users, items = counts[counts.kind == "user"], counts[counts.kind == "item"]
+        keep_u = frozenset(users.loc[users.n >= p.min_user_events, "key"])
+        keep_i = frozenset(items.loc[items.n >= p.min_item_events, "key"])
+        if len(keep_u) == len(users) and len(keep_i) == len(items):
+            return data, rounds, counts
+        before = data.count()
+        on_stage(f"k-core round {r}: {len(users) - len(keep_u)} users, {len(items) - len(keep_i)} items below threshold")
+        data = data.map_batches(_keep_core, batch_format="pandas",
+                                fn_kwargs={"users": keep_u, "items": keep_i}).materialize()
+        rounds.append({"round": r, "users_removed": len(users) - len(keep_u),
+                       "items_removed": len(items) - len(keep_i), "events_removed": before - data.count()})
+    counts = data.map_batches(_count_keys, batch_format="pandas").to_pandas()
+    return data, rounds, counts.groupby(["kind", "key"], as_index=False)["n"].sum()
+
+
+def _time_cutoffs(data: Any, cfg: RayrecConfig) -> tuple[int, int]:
+    from ray.data.aggregate import Max, Min
+
+    stats = data.aggregate(Min("ts_ms"), Max("ts_ms"))
+    lo, hi = float(stats["min(ts_ms)"]), float(stats["max(ts_ms)"]) + 1
+    hists = data.map_batches(_ts_histogram, batch_format="pandas", fn_kwargs={"lo": lo, "hi": hi}).to_pandas()
+    counts = np.sum(np.stack(hists["counts"].to_numpy()), axis=0)
+    cum = np.cumsum(counts) / max(counts.sum(), 1)
+    edges = np.linspace(lo, hi, HISTOGRAM_BINS + 1)
+    p = cfg.preprocess
+    # A cutoff is a bin's upper edge: everything before it is earlier in time, so no leakage.
+    t1 = edges[np.searchsorted(cum, 1 - p.valid_fraction - p.test_fraction) + 1]
+    t2 = edges[np.searchsorted(cum, 1 - p.test_fraction) + 1]
+    return int(np.ceil(t1)), int(np.ceil(max(t2, t1 + 1)))
+
+
+def _build_vocabs(catalog: pd.DataFrame, counts: pd.DataFrame, tokens: list[str],
+                  base: Path | None) -> dict[str, Vocabulary]:
+    built = {
+        "users": Vocabulary.build("users", counts.loc[counts.kind == "user", "key"]),
+        "items": Vocabulary.build("items", catalog["item_id"]),
+        "categories": Vocabulary.build("categories", (p for c in catalog["category"] for p in category_prefixes(c))),
+        "brands": Vocabulary.build("brands", catalog["brand"]),
+        "tokens": Vocabulary.build("tokens", [*tokens, *(t for title in catalog["title"] for t in tokenize(title))]),
+    }  # fmt: skip
+    if base is None:
+        return built
+    return {name: Vocabulary.load(base, name).extend(v.values[2:]) for name, v in built.items()}
+
+
+def _item_table(catalog: pd.DataFrame, vocabs: dict[str, Vocabulary], cfg: RayrecConfig,
+                popularity: pd.Series) -> tuple[pa.Table, list[float]]:
+    p = cfg.preprocess
+    prices = catalog["price"].to_numpy(np.float64)
+    edges = price_bucket_edges(prices, p.price_buckets)
+    cats = np.array([vocabs["categories"].encode(category_prefixes(c)) for c in catalog["category"]])
+    titles = [vocabs["tokens"].encode(tokenize(t))[: p.title_tokens].tolist() for t in catalog["title"]]
+    item_idx = vocabs["items"].encode(catalog["item_id"])
+    table = pa.table({
+        "item_idx": item_idx, "item_id": catalog["item_id"].astype(str), "title": catalog["title"].astype(str),
+        "category": catalog["category"].astype(str), "brand": catalog["brand"].astype(str),
+        "cat1_idx": cats[:, 0], "cat2_idx": cats[:, 1], "cat3_idx": cats[:, 2],
+        "brand_idx": vocabs["brands"].encode(catalog["brand"]), "price": prices,
+        "price_bucket": price_bucket(prices, edges), "title_tokens": pa.array(titles, pa.list_(pa.int32())),
+        "train_interactions": popularity.reindex(item_idx, fill_value=0).to_numpy(np.int64),
+    }).sort_by("item_idx")  # fmt: skip
+    return table, edges.tolist()
+
+
+def _derived_catalog(counts: pd.DataFrame) -> pd.DataFrame:
+    items = counts.loc[counts.kind == "item", "key"].astype(str)
+    return pd.DataFrame({"item_id": items, "title": "", "category": "", "brand": "", "price": np.nan})
+
+
+def run_preprocess(cfg: RayrecConfig, on_stage: StageCallback = lambda _: None) -> dict[str, Any]:
+    """Runs the whole stage; returns the manifest (also written to ``<out_dir>/manifest.json``)."""
+    import ray
+
+    started = time.time()
+    out = Path(cfg.preprocess.out_dir)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    p = cfg.preprocess
+
+    on_stage("checking input files")
+    files = _check_files(cfg)
+    on_stage("reading and validating the catalog")
+    catalog, catalog_counts = _load_catalog(cfg, out)
+    known = frozenset(catalog["item_id"]) if catalog is not None and cfg.validate_.require_known_items else None
+    validator = EventValidator(
+        known_items=known,
+        now_ms=(time.time() + cfg.validate_.max_future_skew_s) * 1000.0,
+        min_ms=pd.Timestamp(cfg.validate_.min_timestamp, tz="UTC").value / 1e6,
+    )
+
+    on_stage(f"reading and validating {len(files.read)} event file(s)")
+    validated = (
+        ray.data.from_items([{"path": f} for f in files.read], override_num_blocks=len(files.read))
+        .map_batches(_read_event_files, batch_size=1, fn_kwargs={"source": cfg.source})
+        .map_batches(validator, batch_format="pyarrow")
+        .materialize()
+    )
+    rows_read = validated.count()
+    rejects = validated.map_batches(_rejected, batch_format="pandas")
+    rejects.write_parquet(str(out / "rejects"))
+    rejected_by_reason = _reason_counts(rejects)
+
+    on_stage("removing exact duplicates")
+    marked = (
+        validated.map_batches(_valid_with_bucket, batch_format="pandas", fn_kwargs={"buckets": p.user_buckets})
+        .groupby(USER_BUCKET).map_groups(mark_duplicates, batch_format="pandas")
+        .materialize()
+    )
+    duplicates = marked.map_batches(_rows_where, batch_format="pandas", fn_kwargs={"column": "is_duplicate", "value": True})
+    duplicates.write_parquet(str(out / "duplicates"))
+    n_duplicates = duplicates.count()
+    unique = marked.map_batches(_rows_where, batch_format="pandas", fn_kwargs={"column": "is_duplicate", "value": False}).materialize()
+    n_valid_unique = unique.count()
+
+    on_stage("k-core filtering")
+    kept, kcore_rounds, counts = _kcore(unique, cfg, on_stage)
+    n_kept = kept.count()
+    if n_kept == 0:
+        raise PreprocessError("no events left after k-core filtering; lower preprocess.min_user_events "
+                              "or preprocess.min_item_events")
+
+    on_stage("building vocabularies and the temporal split")
+    if catalog is None:
+        catalog = _derived_catalog(counts)
+    tokens = kept.map_batches(_search_tokens, batch_format="pandas").unique("token")
+    base = Path(p.base_vocab_dir) if p.base_vocab_dir else None
+    vocabs = _build_vocabs(catalog, counts, tokens, base)
+    for v in vocabs.values():
+        v.save(out / "vocab")
+    cutoffs = _time_cutoffs(kept, cfg)
+
+    on_stage("building sequences, ranking and search examples")
+    spec = ExampleSpec(
+        users=pd.Index(vocabs["users"].values), items=pd.Index(vocabs["items"].values),
+        tokens=pd.Index(vocabs["tokens"].values), cutoffs_ms=cutoffs, history_length=p.history_length,
+        random_negatives=p.random_negatives, seed=p.seed,
+    )  # fmt: skip
+    examples = (kept.groupby(USER_BUCKET)
+                .map_groups(build_user_examples, batch_format="pandas", fn_kwargs={"spec": spec})
+                .materialize())
+    split_counts = examples.groupby(["kind", "split"]).count().to_pandas()
+    for kind, columns in OUTPUTS.items():
+        (examples.map_batches(_drop_kind_columns, batch_format="pandas", fn_kwargs={"kind": kind, "keep": columns})
+         .write_parquet(str(out / OUTPUT_DIRS[kind])))
+    time_ranges = _split_time_ranges(examples)
+
+    on_stage("writing the item table and manifest")
+    popularity = _train_popularity(examples)
+    items, price_edges = _item_table(catalog, vocabs, cfg, popularity)
+    pq.write_table(items, out / "items.parquet")
+
+    filtered = n_valid_unique - n_kept
+    rejected = sum(rejected_by_reason.values())
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "config_fingerprint": cfg.fingerprint(),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(time.time() - started, 2),
+        "source": {"format": cfg.source.format, "files_read": files.read, "empty_files": files.empty,
+                   "bad_files": files.bad},
+        "counts": {
+            "rows_read": rows_read, "rejected": rejected, "duplicates": n_duplicates,
+            "filtered_kcore": filtered, "kept": n_kept,
+            "kept_interactions": int(counts.loc[counts.kind == "user", "n"].sum()),
+            "adds_up": rows_read == n_kept + rejected + n_duplicates + filtered,
+            "rejected_by_reason": rejected_by_reason, "kcore_rounds": kcore_rounds,
+        },
+        "catalog": catalog_counts,
+        "outputs": _outputs_summary(split_counts),
+        "vocab_sizes": {name: len(v) for name, v in vocabs.items()},
+        "vocab_fingerprint": vocab_set_fingerprint(vocabs.values()),
+        "split_cutoffs_ms": list(cutoffs),
+        "time_ranges": time_ranges,
+        "price_bucket_edges": price_edges,
+        "history_length": p.history_length,
+    }  # fmt: skip
+    if not manifest["counts"]["adds_up"]:
+        raise PreprocessError(f"internal error: counts do not add up: {manifest['counts']}")
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def _outputs_summary(split_counts: pd.DataFrame) -> dict[str, dict[str, int]]:
+    summary: dict[str, dict[str, int]] = {OUTPUT_DIRS[k]: dict.fromkeys(SPLIT_NAMES, 0) for k in OUTPUTS}
+    for kind, split, n in split_counts[["kind", "split", "count()"]].itertuples(index=False):
+        summary[OUTPUT_DIRS[kind]][SPLIT_NAMES[int(split)]] = int(n)
+    return summary
+
+
+def _split_time_ranges(examples: Any) -> dict[str, list[str]]:
+    from ray.data.aggregate import Max, Min
+
+    events = examples.map_batches(_rows_where, batch_format="pandas", fn_kwargs={"column": "kind", "value": "event"})
+    ranges = events.groupby("split").aggregate(Min("ts_ms"), Max("ts_ms")).to_pandas()
+    iso = lambda ms: datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="seconds")  # noqa: E731
+    return {SPLIT_NAMES[int(r.split)]: [iso(r["min(ts_ms)"]), iso(r["max(ts_ms)"])] for _, r in ranges.iterrows()}
+
+
+def _train_popularity(examples: Any) -> pd.Series:
+    def train_items(df: pd.DataFrame) -> pd.DataFrame:
+        mask = (df["kind"] == "event") & (df["split"] == 0)
+        return df.loc[mask, "item_idx"].value_counts().rename_axis("item_idx").reset_index(name="n")
+
+    counts = examples.map_batches(train_items, batch_format="pandas").to_pandas()
+    return counts.groupby("item_idx")["n"].sum()
+

@@ -1,0 +1,133 @@
+"""`TwoTowerModel`: the retrieval model, a user tower over recent history and a content-aware item tower.
+
+Both towers end in L2-normalised vectors, so a dot product is a cosine and a FAISS inner-product
+index serves them directly.
+
+- Item tower: item id + category path (3 prefix levels) + brand + price bucket + mean of title
+  tokens → MLP. During training the id embedding is dropped for a share of items (``id_dropout``)
+  so the content path alone places items it never saw: a new item gets a usable embedding from
+  ``embed_content``.
+- User tower: the last L items (their id embeddings, shared with the item tower), event types and
+  log-scaled time gaps, read by one transformer layer and pooled by attention from a learned query
+  token that is always present. A user with no history therefore gets the query token's output: a
+  learned cold-start vector that training pulls toward what new users engage with (popularity).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rayrec.features.items import ItemFeatureTable
+from rayrec.features.transforms import GAP_BUCKETS
+
+N_EVENT_TYPES = 5  # padding + view, click, add_to_cart, purchase (stage + 1)
+
+
+@dataclass(frozen=True)
+class TwoTowerSpec:
+    """Sizes that fix the parameter shapes: saved with every checkpoint and checked on load."""
+
+    n_items: int
+    n_categories: int
+    n_brands: int
+    n_price_buckets: int
+    n_tokens: int
+    title_tokens: int
+    history_length: int
+    dim: int = 64
+    hidden: int = 128
+    heads: int = 2
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class ItemTower(nn.Module):
+    def __init__(self, spec: TwoTowerSpec, items: ItemFeatureTable, id_dropout: float) -> None:
+        super().__init__()
+        d = spec.dim
+        self.id_dropout = id_dropout
+        self.item_emb = nn.Embedding(spec.n_items, d, padding_idx=0)
+        self.cat_emb = nn.Embedding(spec.n_categories, d, padding_idx=0)
+        self.brand_emb = nn.Embedding(spec.n_brands, d, padding_idx=0)
+        self.price_emb = nn.Embedding(spec.n_price_buckets, d, padding_idx=0)
+        self.token_emb = nn.Embedding(spec.n_tokens, d, padding_idx=0)
+        self.mlp = nn.Sequential(nn.Linear(5 * d, spec.hidden), nn.GELU(), nn.Linear(spec.hidden, d))
+        self.register_buffer("categories", torch.as_tensor(items.categories, dtype=torch.long), persistent=False)
+        self.register_buffer("brand", torch.as_tensor(items.brand, dtype=torch.long), persistent=False)
+        self.register_buffer("price_bucket", torch.as_tensor(items.price_bucket, dtype=torch.long), persistent=False)
+        self.register_buffer("title", torch.as_tensor(items.title, dtype=torch.long), persistent=False)
+
+    def embed_content(self, id_vec: torch.Tensor, categories: torch.Tensor, brand: torch.Tensor,
+                      price_bucket: torch.Tensor, title: torch.Tensor) -> torch.Tensor:
+        """Embedding from an id vector (zeros for a new item) and content features."""
+        tokens = self.token_emb(title)
+        n_tokens = (title > 0).sum(-1, keepdim=True).clamp(min=1)
+        parts = [id_vec, self.cat_emb(categories).sum(-2), self.brand_emb(brand), self.price_emb(price_bucket),
+                 tokens.sum(-2) / n_tokens]  # fmt: skip
+        return F.normalize(self.mlp(torch.cat(parts, -1)), dim=-1)
+
+    def forward(self, item_idx: torch.Tensor) -> torch.Tensor:
+        id_vec = self.item_emb(item_idx)
+        if self.training and self.id_dropout > 0:
+            keep = torch.rand(item_idx.shape, device=item_idx.device) >= self.id_dropout
+            id_vec = id_vec * keep.unsqueeze(-1)
+        return self.embed_content(id_vec, self.categories[item_idx], self.brand[item_idx],
+                                  self.price_bucket[item_idx], self.title[item_idx])
+
+
+class UserTower(nn.Module):
+    def __init__(self, spec: TwoTowerSpec, item_emb: nn.Embedding) -> None:
+        super().__init__()
+        d = spec.dim
+        self.item_emb = item_emb  # shared with the item tower: one id space, fewer parameters
+        self.type_emb = nn.Embedding(N_EVENT_TYPES, d, padding_idx=0)
+        self.gap_emb = nn.Embedding(GAP_BUCKETS, d, padding_idx=0)
+        self.pos_emb = nn.Parameter(torch.zeros(spec.history_length + 1, d))
+        self.query = nn.Parameter(torch.randn(1, 1, d) * 0.02)
+        self.encoder = nn.TransformerEncoderLayer(d, spec.heads, dim_feedforward=spec.hidden, dropout=0.1,
+                                                  batch_first=True, norm_first=True)
+        self.out = nn.Sequential(nn.Linear(d, spec.hidden), nn.GELU(), nn.Linear(spec.hidden, d))
+
+    def forward(self, hist_items: torch.Tensor, hist_types: torch.Tensor, hist_gaps: torch.Tensor) -> torch.Tensor:
+        """hist_*: [B, L] right-aligned, 0 = padding; types are stage + 1, gaps are gap_bucket ids."""
+        x = self.item_emb(hist_items) + self.type_emb(hist_types) + self.gap_emb(hist_gaps)
+        x = torch.cat([self.query.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_emb
+        pad = torch.cat([torch.zeros_like(hist_items[:, :1], dtype=torch.bool), hist_items == 0], dim=1)
+        h = self.encoder(x, src_key_padding_mask=pad)
+        return F.normalize(self.out(h[:, 0]), dim=-1)
+
+
+class TwoTowerModel(nn.Module):
+    def __init__(self, spec: TwoTowerSpec, items: ItemFeatureTable, id_dropout: float = 0.1,
+                 temperature: float = 0.07, learn_temperature: bool = True) -> None:
+        super().__init__()
+        self.spec = spec
+        self.item_tower = ItemTower(spec, items, id_dropout)
+        self.user_tower = UserTower(spec, self.item_tower.item_emb)
+        log_t = torch.tensor(float(temperature)).log()
+        self.log_temperature = nn.Parameter(log_t, requires_grad=learn_temperature)
+
+    @property
+    def temperature(self) -> torch.Tensor:
+        return self.log_temperature.exp().clamp(min=0.01, max=1.0)
+
+    def user_embedding(self, hist_items: torch.Tensor, hist_types: torch.Tensor, hist_gaps: torch.Tensor) -> torch.Tensor:
+        return self.user_tower(hist_items, hist_types, hist_gaps)
+
+    def item_embedding(self, item_idx: torch.Tensor) -> torch.Tensor:
+        return self.item_tower(item_idx)
+
+    @torch.no_grad()
+    def all_item_embeddings(self, batch: int = 8192) -> torch.Tensor:
+        """[n_items, dim] for every item id (rows 0/1 are padding/unknown and never recommended)."""
+        ids = torch.arange(self.spec.n_items, device=self.log_temperature.device)
+        return torch.cat([self.item_tower(chunk) for chunk in ids.split(batch)])
+
+    def forward(self, hist_items: torch.Tensor, hist_types: torch.Tensor, hist_gaps: torch.Tensor,
+                item_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.user_embedding(hist_items, hist_types, hist_gaps), self.item_embedding(item_idx)
