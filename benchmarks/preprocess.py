@@ -43,7 +43,7 @@ SOFT_KEYS = ("filtered_kcore", "kept_interactions", "rejected_by_reason")
 STAGES = ("checking input files", "reading and validating the catalog", "reading and validating",
           "removing exact duplicates", "k-core", "building vocabularies", "building sequences", "writing the item table")
 MB = 2**20
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 200)
 
 
 def config_for(dataset: str, out: Path) -> Any:

@@ -21,11 +21,13 @@ from rich.table import Table
 from rayrec.config import ConfigError, RayrecConfig, load_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="rayrec: logs in, recommendations out.")
-console = Console(stderr=False)
+# Tables stay readable when output goes to a log file or CI (no terminal to take the width from).
+console = Console(width=None if sys.stdout.isatty() else 160)
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (see configs/).")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override: section.key=value (repeatable).")]
-SMOKE_OVERRIDES = ["generate.scale=tiny", "preprocess.min_user_events=2", "preprocess.min_item_events=2"]
+SMOKE_OVERRIDES = ["generate.scale=tiny", "preprocess.min_user_events=2", "preprocess.min_item_events=2",
+                   "train.epochs=1", "train.ranker_epochs=1", "train.batch_size=128"]
 
 
 def _fail(message: str) -> typer.Exit:
@@ -163,18 +165,83 @@ def print_preprocess_summary(manifest: dict[str, Any]) -> None:
 
 
 @app.command()
+def train(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    model: Annotated[str, typer.Option(help="two_tower | ranker | all")] = "all",
+) -> None:
+    """Train the retrieval model and the ranker with Ray Train (DDP, checkpoints, resume on failure)."""
+    cfg = _config(config, set_)
+    _run_training(cfg, model)
+
+
+def _run_training(cfg: RayrecConfig, which: str = "all") -> None:
+    from pathlib import Path as _Path
+
+    from rayrec.runtime import init_ray
+    from rayrec.train.trainer import load_context, run_training
+
+    if which not in ("all", "two_tower", "ranker"):
+        raise _fail(f"--model must be two_tower, ranker or all, not {which!r}")
+    with _user_facing_errors():
+        init_ray(cfg.ray)
+        ctx = load_context(cfg)
+        retrieval_dir = _Path(cfg.train.out_dir) / "two_tower"
+        for kind in ("two_tower", "ranker"):
+            if which not in ("all", kind):
+                continue
+            console.print(f"[bold]training {kind}[/] with {cfg.train.num_workers} Ray Train worker(s)")
+            result = run_training(cfg, kind, ctx, retrieval_dir=retrieval_dir.resolve())
+            last = result.metrics[-1]
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k != "epoch")
+            console.print(f"  {kind}: {len(result.metrics)} epochs; last: {shown}")
+            console.print(f"  bundle {result.bundle}, curves {result.curves_png}")
+
+
+@app.command()
+def evaluate(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    split: Annotated[str, typer.Option(help="test | valid")] = "test",
+) -> None:
+    """Full-ranking evaluation of the trained models and the baselines on the temporal split."""
+    cfg = _config(config, set_)
+    _run_evaluation(cfg, split)
+
+
+def _run_evaluation(cfg: RayrecConfig, split: str = "test") -> None:
+    from rayrec.train.offline import run_evaluation
+    from rayrec.train.trainer import load_context
+
+    with _user_facing_errors():
+        table, info = run_evaluation(cfg, load_context(cfg, with_valid=False), split)
+    ks = [k for k in cfg.evaluate.ks if k in (10, 20, 50)] or cfg.evaluate.ks[:2]
+    out = Table(title=f"offline evaluation ({split}, {info['users']:,} users, full ranking)")
+    columns = [f"recall@{k}" for k in ks] + [f"ndcg@{k}" for k in ks] + ["mrr", f"coverage@{ks[-1]}"]
+    out.add_column("system")
+    for c in columns:
+        out.add_column(c, justify="right")
+    for _, row in table.iterrows():
+        out.add_row(str(row["system"]), *(f"{row[c]:.4f}" for c in columns))
+    console.print(out)
+    console.print(f"report: {info['paths']['markdown']} (+ .json, .png)")
+
+
+@app.command()
 def run(
     config: ConfigOpt = Path("configs/demo.yaml"),
     set_: SetOpt = None,
     smoke: Annotated[bool, typer.Option("--smoke", help="Tiny data, exits quickly (CI and a first look).")] = False,
 ) -> None:
-    """The main job end to end: generate (synthetic configs) → preprocess → summary."""
+    """The main job end to end: generate (synthetic configs) → preprocess → train → evaluate."""
     cfg = _config(config, [*(SMOKE_OVERRIDES if smoke else []), *(set_ or [])])
     if cfg.generate is not None:
         _run_generate(cfg)
     manifest = _run_preprocess(cfg)
     print_preprocess_summary(manifest)
-    console.print(f"[bold green]done[/]: outputs and manifest.json in {cfg.preprocess.out_dir}")
+    _run_training(cfg)
+    _run_evaluation(cfg)
+    console.print(f"[bold green]done[/]: data in {cfg.preprocess.out_dir}, models and report in {cfg.train.out_dir}")
 
 
 @app.command("config-schema")

@@ -17,13 +17,19 @@ HISTORY_INPUTS = ("hist_items", "hist_types", "hist_gaps", "hist_gaps_s")
 
 
 def history_inputs(hist_items: Any, hist_types: Any, hist_gaps_s: Any, length: int) -> dict[str, np.ndarray]:
-    items = pad_lists(hist_items, length)
+    """Variable-length history lists -> model inputs (see ``dense_history_inputs``)."""
+    return dense_history_inputs(pad_lists(hist_items, length), pad_lists(hist_types, length),
+                                pad_lists(hist_gaps_s, length, dtype=np.float32))
+
+
+def dense_history_inputs(items: np.ndarray, stages: np.ndarray, gaps_s: np.ndarray) -> dict[str, np.ndarray]:
+    """Right-aligned [B, L] item ids (0 = padding), funnel stages and gaps in seconds -> model inputs."""
+    items = np.asarray(items, dtype=np.int64)
     present = items > 0
-    types = np.where(present, pad_lists(hist_types, length) + 1, 0)
-    gaps_s = pad_lists(hist_gaps_s, length, dtype=np.float32)
+    gaps_s = np.asarray(gaps_s, dtype=np.float32)
     return {
         "hist_items": items,
-        "hist_types": types,
+        "hist_types": np.where(present, np.asarray(stages, dtype=np.int64) + 1, 0),
         "hist_gaps": np.where(present, gap_bucket(gaps_s), 0),
         "hist_gaps_s": np.where(present, gaps_s, 0).astype(np.float32),
     }

@@ -156,19 +156,26 @@ def load_eval_split(
     )  # fmt: skip
 
 
+def rows_per_batch(n_items: int, cells: int = 1 << 24, cap: int = 4096) -> int:
+    """How many users' dense ``[n_items]`` rows fit in ``cells`` values (16M: ~128 MiB as float64)."""
+    return max(1, min(cap, cells // max(n_items, 1)))
+
+
 def topk_excluding(
-    scores: np.ndarray, seen: sp.csr_matrix, k: int, exclude_seen: bool, batch_size: int = 4096
+    scores: np.ndarray, seen: sp.csr_matrix, k: int, exclude_seen: bool, batch_size: int | None = None
 ) -> np.ndarray:
     """Top-``k`` item ids per row of ``scores [U, n_items]``, best first, as int64 ``[U, k]``.
 
     Ids 0/1 (and NaN scores) are never returned, nor items of ``seen`` when ``exclude_seen``; a row
-    with fewer than ``k`` eligible items is padded with -1. Rows are processed ``batch_size`` at a
-    time so the masked copy stays small. Within the k returned, equal scores rank the lower id first.
+    with fewer than ``k`` eligible items is padded with -1. Equal scores rank the lower item id
+    first. Rows are processed ``batch_size`` at a time (default: :func:`rows_per_batch`) so the
+    masked copy stays small.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     n_users, n_items = scores.shape
     k_eff = min(k, n_items)
+    batch_size = batch_size or rows_per_batch(n_items)
     out = np.full((n_users, k), -1, dtype=np.int64)
     for lo in range(0, n_users, batch_size):
         hi = min(lo + batch_size, n_users)
@@ -178,8 +185,15 @@ def topk_excluding(
         if exclude_seen:
             sub = seen[lo:hi].tocoo()
             block[sub.row, sub.col] = -np.inf
-        part = np.argpartition(-block, k_eff - 1, axis=1)[:, :k_eff] if k_eff < n_items else (
-            np.tile(np.arange(n_items), (hi - lo, 1)))
+        # The k-th largest score is the threshold; every item above it is in, and of the items equal
+        # to it the lowest ids fill the remaining places, so ties never depend on argpartition.
+        kth = np.argpartition(-block, k_eff - 1, axis=1)[:, k_eff - 1 : k_eff]
+        thr = np.take_along_axis(block, kth, axis=1)
+        above = block > thr
+        at = block == thr
+        room = k_eff - above.sum(axis=1, keepdims=True)
+        chosen = above | (at & (np.cumsum(at, axis=1) <= room))
+        part = np.nonzero(chosen)[1].reshape(hi - lo, k_eff)  # exactly k_eff per row, ids ascending
         vals = np.take_along_axis(block, part, axis=1)
         order = np.lexsort((part, -vals), axis=1)  # by score desc, then item id asc
         ids = np.take_along_axis(part, order, axis=1)
@@ -191,8 +205,9 @@ def topk_excluding(
 def _check_output(system: Recommender, split: EvalSplit, top: np.ndarray, k: int,
                   exclude_seen: bool) -> None:
     """Fail loudly on a contract breach rather than report flattering numbers from it."""
-    if top.shape != (len(split.users), k):
-        raise ValueError(f"{system.name}: recommend returned shape {top.shape}, expected {(len(split.users), k)}")
+    expected = (len(split.users), k)
+    if top.shape != expected:
+        raise ValueError(f"{system.name}: recommend returned shape {top.shape}, expected {expected}")
     if np.isin(top, [PAD_ID, UNK_ID]).any() or (top >= split.n_items).any() or (top < -1).any():
         raise ValueError(f"{system.name}: recommend returned reserved or out-of-range item ids")
     if exclude_seen and membership(top, split.seen).any():
@@ -224,15 +239,19 @@ def evaluate(
 
 
 def _markdown_table(df: pd.DataFrame) -> str:
-    cells = [[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row] for row in df.itertuples(index=False)]
+    rows = df.itertuples(index=False)
+    cells = [[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row] for row in rows]
     header = "| " + " | ".join(map(str, df.columns)) + " |"
     rule = "|" + "|".join("---" if c == "system" else "---:" for c in df.columns) + "|"
     return "\n".join([header, rule, *("| " + " | ".join(r) + " |" for r in cells)])
 
 
 def write_report(df: pd.DataFrame, out_dir: str | Path, title: str, notes: str = "") -> dict[str, Path]:
-    """Write ``report.md`` (table), ``report.json`` (records) and ``report.png`` (Recall@20 and
-    NDCG@20 per system) to ``out_dir``; returns their paths keyed ``markdown``/``json``/``png``."""
+    """Write ``report.md`` (table), ``report.json`` (records) and ``report.png`` (a grouped bar
+    chart of Recall@20 and NDCG@20 per system) to ``out_dir``.
+
+    Returns the three paths keyed ``markdown``, ``json`` and ``png``.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # Agg without touching the global backend
     from matplotlib.figure import Figure
 
@@ -248,11 +267,15 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, title: str, notes: str =
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     x = np.arange(len(df))
-    for i, col in enumerate(c for c in ("recall@20", "ndcg@20") if c in df):
+    # K = 20 as asked for; a run without it (a quick test) charts its smallest K instead of nothing.
+    ks = sorted(int(c.split("@")[1]) for c in df.columns if c.startswith("recall@"))
+    k = 20 if 20 in ks else (ks[0] if ks else None)
+    for i, col in enumerate([f"recall@{k}", f"ndcg@{k}"] if k is not None else []):
         ax.bar(x + (i - 0.5) * 0.38, df[col].to_numpy(float), width=0.38, label=col)
     ax.set_xticks(x, df["system"].astype(str).tolist(), rotation=20, ha="right")
     ax.set_title(title)
-    ax.legend()
+    if k is not None:
+        ax.legend()
     fig.tight_layout()
     fig.savefig(paths["png"], dpi=110)
     return paths

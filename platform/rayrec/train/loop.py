@@ -1,0 +1,267 @@
+"""The per-worker training loops for the retrieval and ranking models; they run with or without Ray.
+
+A loop gets its batches, a way to report an epoch (metrics + checkpoint folder) and an optional
+checkpoint to resume from through ``LoopIO``, so the same code runs as a Ray Train worker
+(``trainer.py`` supplies ``get_dataset_shard``/``report``/``get_checkpoint``) and as a plain
+single-process loop (tests and the throughput benchmark).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from rayrec.artifacts import load_bundle, load_optimizer_state, read_meta, save_bundle
+from rayrec.config import RayrecConfig
+from rayrec.features.items import ItemFeatureTable
+from rayrec.models.losses import in_batch_softmax_loss, multi_task_bce
+from rayrec.models.ranker import Ranker, RankerSpec
+from rayrec.models.two_tower import TwoTowerModel, TwoTowerSpec
+from rayrec.train.evaluate import EvalSplit
+from rayrec.train.systems import retrieval_metrics
+
+Batch = dict[str, torch.Tensor]
+METRICS_CSV = "metrics.csv"
+
+
+@dataclass
+class LoopIO:
+    """What a loop needs from its runner."""
+
+    batches: Callable[[int], Iterable[Batch]]  # epoch -> batches of this worker's shard
+    report: Callable[[dict[str, float], Path | None], None]  # metrics, checkpoint folder (rank 0) or None
+    resume_from: Path | None = None
+    rank: int = 0
+    wrap_model: Callable[[nn.Module], nn.Module] = lambda m: m
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    fault: dict[str, Any] | None = None  # test-only: {"epoch": e, "after_batches": n, "marker": path}
+    autocast: bool = False  # bf16 autocast on GPU
+
+    def precision(self) -> Any:
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.autocast)
+
+
+@dataclass
+class ModelContext:
+    """Everything both loops build from the processed data, once per worker."""
+
+    cfg: RayrecConfig
+    manifest: dict[str, Any]
+    items: ItemFeatureTable
+    valid: EvalSplit | None
+
+    @property
+    def vocab_fingerprint(self) -> str:
+        return str(self.manifest["vocab_fingerprint"])
+
+
+def two_tower_spec(ctx: ModelContext) -> TwoTowerSpec:
+    v, m = ctx.manifest["vocab_sizes"], ctx.cfg.model
+    return TwoTowerSpec(
+        n_items=v["items"], n_categories=v["categories"], n_brands=v["brands"],
+        n_price_buckets=len(ctx.manifest["price_bucket_edges"]) + 2, n_tokens=v["tokens"],
+        title_tokens=ctx.items.title.shape[1], history_length=ctx.manifest["history_length"],
+        dim=m.dim, hidden=m.hidden, heads=m.heads,
+    )  # fmt: skip
+
+
+def build_two_tower(ctx: ModelContext, spec: TwoTowerSpec | None = None) -> TwoTowerModel:
+    m = ctx.cfg.model
+    return TwoTowerModel(spec or two_tower_spec(ctx), ctx.items, id_dropout=m.id_dropout,
+                         temperature=m.temperature, learn_temperature=m.learn_temperature)
+
+
+def ranker_spec(ctx: ModelContext) -> RankerSpec:
+    v, r = ctx.manifest["vocab_sizes"], ctx.cfg.ranker
+    return RankerSpec(n_items=v["items"], n_categories=v["categories"], n_brands=v["brands"],
+                      n_price_buckets=len(ctx.manifest["price_bucket_edges"]) + 2, user_dim=ctx.cfg.model.dim,
+                      dim=r.dim, cross_layers=r.cross_layers, cross_rank=r.cross_rank, deep_layers=list(r.deep_layers))
+
+
+def _log_q(items: ItemFeatureTable) -> torch.Tensor:
+    counts = items.popularity + 1.0  # +1: never log(0) for an item absent from training
+    return torch.as_tensor(np.log(counts / counts.sum()), dtype=torch.float32)
+
+
+def _maybe_inject_fault(io: LoopIO, epoch: int, batch_no: int) -> None:
+    """Test-only: kill this worker process for real, once, mid-epoch (a marker file makes it once)."""
+    f = io.fault
+    if not f or io.rank != 0 or epoch != f["epoch"] or batch_no != f["after_batches"]:
+        return
+    marker = Path(f["marker"])
+    if marker.exists():
+        return
+    marker.write_text(str(os.getpid()))
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _log_epoch_start(io: LoopIO, epoch: int) -> None:
+    if io.fault and io.rank == 0 and io.fault.get("epoch_log"):
+        with open(io.fault["epoch_log"], "a") as fh:
+            fh.write(f"{epoch}\n")
+
+
+def _resume(io: LoopIO, model: nn.Module, optimizer: torch.optim.Optimizer, kind: str,
+            fingerprint: str) -> tuple[int, list[dict[str, Any]]]:
+    """(first epoch to run, metric rows so far) from the checkpoint handed to this run, if any."""
+    if io.resume_from is None:
+        return 0, []
+    state, meta = load_bundle(io.resume_from, kind, fingerprint)
+    model.load_state_dict(state)
+    opt_state = load_optimizer_state(io.resume_from)
+    if opt_state is not None:
+        optimizer.load_state_dict(opt_state)
+    return int(meta["epoch"]) + 1, read_history(io.resume_from)
+
+
+def read_history(directory: Path) -> list[dict[str, Any]]:
+    path = directory / METRICS_CSV
+    if not path.is_file():
+        return []
+    with open(path) as fh:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+def _write_history(directory: Path, rows: list[dict[str, Any]]) -> None:
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    with open(directory / METRICS_CSV, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _end_epoch(io: LoopIO, model: nn.Module, optimizer: torch.optim.Optimizer, meta: dict[str, Any],
+               history: list[dict[str, Any]], metrics: dict[str, float]) -> None:
+    history.append(metrics)
+    if io.rank != 0:
+        io.report(metrics, None)
+        return
+    with tempfile.TemporaryDirectory(prefix="rayrec-ckpt-") as tmp:
+        folder = Path(tmp)
+        save_bundle(folder, model, {**meta, "epoch": int(metrics["epoch"]), "metrics": metrics}, optimizer)
+        _write_history(folder, history)
+        io.report(metrics, folder)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def train_retrieval(ctx: ModelContext, io: LoopIO) -> None:
+    cfg = ctx.cfg
+    torch.manual_seed(cfg.train.seed + io.rank)
+    spec = two_tower_spec(ctx)
+    model = build_two_tower(ctx, spec).to(io.device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    start, history = _resume(io, model, optimizer, "two_tower", ctx.vocab_fingerprint)
+    wrapped = io.wrap_model(model)
+    log_q = _log_q(ctx.items).to(io.device)
+    meta = {"kind": "two_tower", "spec": spec.to_dict(), "vocab_fingerprint": ctx.vocab_fingerprint,
+            "config": cfg.model_dump(mode="json", by_alias=True)}
+    for epoch in range(start, cfg.train.epochs):
+        _log_epoch_start(io, epoch)
+        model.train()
+        losses, seen, t0 = [], 0, time.perf_counter()
+        for i, batch in enumerate(io.batches(epoch)):
+            _maybe_inject_fault(io, epoch, i)
+            with io.precision():
+                user, item = wrapped(batch["hist_items"], batch["hist_types"], batch["hist_gaps"], batch["item_idx"])
+                extra = None
+                if cfg.model.uniform_negatives:
+                    ids = torch.randint(2, spec.n_items, (cfg.model.uniform_negatives,), device=io.device)
+                    extra = model.item_embedding(ids)
+                loss = in_batch_softmax_loss(user.float(), item.float(), batch["item_idx"], model.temperature,
+                                             log_q[batch["item_idx"]] if cfg.model.logq_correction else None,
+                                             None if extra is None else extra.float())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            seen += len(batch["item_idx"])
+        metrics = {"epoch": float(epoch), "loss": float(np.mean(losses)) if losses else float("nan"),
+                   "samples_per_s": seen / max(time.perf_counter() - t0, 1e-9),
+                   "temperature": float(model.temperature.detach())}
+        if io.rank == 0 and ctx.valid is not None:
+            metrics.update(retrieval_metrics(model, ctx.valid, cfg.train.eval_users, (20, 50), cfg.evaluate.exclude_seen))
+        _end_epoch(io, model, optimizer, meta, history, metrics)
+
+
+def load_two_tower(ctx: ModelContext, directory: Path) -> TwoTowerModel:
+    """A trained retrieval model from its bundle, in eval mode, checked against the data's vocabulary."""
+    state, meta = load_bundle(directory, "two_tower", ctx.vocab_fingerprint)
+    model = build_two_tower(ctx, TwoTowerSpec(**meta["spec"]))
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def train_ranker(ctx: ModelContext, io: LoopIO, retrieval_dir: Path) -> None:
+    """BCE on ranking examples plus hard negatives mined on the fly from the retrieval top-K."""
+    cfg, r = ctx.cfg, ctx.cfg.ranker
+    torch.manual_seed(cfg.train.seed + 100 + io.rank)
+    retrieval = load_two_tower(ctx, retrieval_dir).to(io.device)
+    for p in retrieval.parameters():
+        p.requires_grad_(False)
+    item_vecs = retrieval.all_item_embeddings()
+    spec = ranker_spec(ctx)
+    model = Ranker(spec, ctx.items).to(io.device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    start, history = _resume(io, model, optimizer, "ranker", ctx.vocab_fingerprint)
+    wrapped = io.wrap_model(model)
+    meta = {"kind": "ranker", "spec": spec.to_dict(), "vocab_fingerprint": ctx.vocab_fingerprint,
+            "retrieval_weights_sha256": read_meta(retrieval_dir)["weights_sha256"],
+            "config": cfg.model_dump(mode="json", by_alias=True)}
+    for epoch in range(start, cfg.train.ranker_epochs):
+        _log_epoch_start(io, epoch)
+        model.train()
+        losses, seen, t0 = [], 0, time.perf_counter()
+        for i, batch in enumerate(io.batches(epoch)):
+            _maybe_inject_fault(io, epoch, i)
+            with torch.no_grad():
+                user = retrieval.user_embedding(batch["hist_items"], batch["hist_types"], batch["hist_gaps"])
+                cand, labels = _with_hard_negatives(batch, user, item_vecs, r.hard_negatives, r.hard_negative_pool)
+                score = (user.unsqueeze(1) * item_vecs[cand]).sum(-1)
+            with io.precision():
+                logits = wrapped(user, batch["hist_items"], batch["hist_gaps_s"], cand, score)
+            real = (cand > 0).reshape(-1, 1).float()  # masked hard-negative slots carry no loss
+            loss = multi_task_bce(logits.float().reshape(-1, 2), labels.reshape(-1, 2), real)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            seen += cand.numel()
+        metrics = {"epoch": float(epoch), "loss": float(np.mean(losses)) if losses else float("nan"),
+                   "samples_per_s": seen / max(time.perf_counter() - t0, 1e-9)}
+        _end_epoch(io, model, optimizer, meta, history, metrics)
+
+
+def _with_hard_negatives(batch: Batch, user: torch.Tensor, item_vecs: torch.Tensor, n_hard: int,
+                         pool: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Candidates [B, 1 + n_hard] and labels [B, 1 + n_hard, 2]: the example's own item first, then
+    ``n_hard`` items drawn from the retrieval top-``pool`` (never the example's item) for positives."""
+    own = batch["item_idx"].unsqueeze(1)
+    labels = torch.stack([batch["label_click"], batch["label_purchase"]], -1).unsqueeze(1).float()
+    if n_hard == 0:
+        return own, labels
+    scores = user @ item_vecs.T
+    scores[:, :2] = -torch.inf
+    top = scores.topk(min(pool, scores.shape[1] - 2), dim=1).indices
+    picks = top.gather(1, torch.randint(0, top.shape[1], (len(top), n_hard), device=top.device))
+    # A positive's hard negative that happens to be the positive itself is replaced by padding
+    # id 0 and masked; negatives of negatives (viewed/random rows) are skipped the same way.
+    is_pos = (batch["label_click"] > 0).unsqueeze(1)
+    valid = is_pos & (picks != own)
+    picks = torch.where(valid, picks, torch.zeros_like(picks))
+    cand = torch.cat([own, picks], 1)
+    neg_labels = torch.zeros(len(own), n_hard, 2, device=own.device)
+    return cand, torch.cat([labels, neg_labels], 1)

@@ -1,0 +1,105 @@
+"""The trained models as evaluated systems: retrieval alone, and retrieval followed by the ranker.
+
+Both implement ``evaluate.Recommender`` so they are scored by exactly the code that scores the
+baselines, on the same split, in the same run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from rayrec.features.batches import dense_history_inputs
+from rayrec.metrics import ranking_metrics
+from rayrec.models.ranker import Ranker
+from rayrec.models.two_tower import TwoTowerModel
+from rayrec.train.evaluate import EvalSplit, topk_excluding
+
+
+def _history_tensors(split: EvalSplit, rows: slice) -> dict[str, torch.Tensor]:
+    arrays = dense_history_inputs(split.history_items[rows], split.history_types[rows], split.history_gaps[rows])
+    return {k: torch.as_tensor(v) for k, v in arrays.items()}
+
+
+@torch.no_grad()
+def user_vectors(model: TwoTowerModel, split: EvalSplit, batch: int = 1024) -> torch.Tensor:
+    model.eval()
+    out = []
+    for lo in range(0, len(split.users), batch):
+        h = _history_tensors(split, slice(lo, lo + batch))
+        out.append(model.user_embedding(h["hist_items"], h["hist_types"], h["hist_gaps"]))
+    return torch.cat(out) if out else torch.zeros(0, model.spec.dim)
+
+
+class TwoTowerRecommender:
+    """Full-catalog retrieval: user vector · every item vector."""
+
+    def __init__(self, model: TwoTowerModel, name: str = "two_tower") -> None:
+        self.model, self.name = model, name
+
+    def fit(self, split: EvalSplit) -> None:  # trained by Ray Train beforehand
+        pass
+
+    @torch.no_grad()
+    def scores(self, split: EvalSplit) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        users = user_vectors(self.model, split)
+        items = self.model.all_item_embeddings()
+        return users, items, (users @ items.T).numpy()
+
+    def recommend(self, split: EvalSplit, k: int, exclude_seen: bool) -> np.ndarray:
+        return topk_excluding(self.scores(split)[2], split.seen, k, exclude_seen)
+
+
+class TwoStageRecommender:
+    """Retrieval top-N candidates re-ordered by the ranker; the rest of the list keeps retrieval order."""
+
+    def __init__(self, retrieval: TwoTowerModel, ranker: Ranker, candidates: int, purchase_weight: float,
+                 name: str = "two_tower+ranker") -> None:
+        self.retrieval, self.ranker, self.name = TwoTowerRecommender(retrieval), ranker, name
+        self.candidates, self.purchase_weight = candidates, purchase_weight
+
+    def fit(self, split: EvalSplit) -> None:
+        pass
+
+    @torch.no_grad()
+    def recommend(self, split: EvalSplit, k: int, exclude_seen: bool) -> np.ndarray:
+        self.ranker.eval()
+        users, items, scores = self.retrieval.scores(split)
+        n = max(k, self.candidates)
+        top = topk_excluding(scores, split.seen, n, exclude_seen)
+        out = top.copy()
+        c = min(self.candidates, n)
+        for lo in range(0, len(top), 512):
+            rows = slice(lo, lo + 512)
+            cand = torch.as_tensor(top[rows, :c])
+            valid = cand >= 0
+            cand_ids = cand.clamp(min=0)
+            h = _history_tensors(split, rows)
+            retrieval_score = (users[rows].unsqueeze(1) * items[cand_ids]).sum(-1)
+            logits = self.ranker(users[rows], h["hist_items"], h["hist_gaps_s"], cand_ids, retrieval_score)
+            rank_score = Ranker.score(logits, self.purchase_weight).masked_fill(~valid, -torch.inf)
+            order = rank_score.argsort(dim=1, descending=True, stable=True)
+            out[rows, :c] = torch.gather(cand, 1, order).numpy()
+        return out[:, :k]
+
+
+def retrieval_metrics(model: TwoTowerModel, split: EvalSplit, max_users: int, ks: Sequence[int],
+                      exclude_seen: bool) -> dict[str, float]:
+    """Validation Recall@K / NDCG@K on (a deterministic subset of) the split's users."""
+    if len(split.users) > max_users:
+        split = subset_users(split, np.linspace(0, len(split.users) - 1, max_users).astype(int))
+    was_training = model.training
+    top = TwoTowerRecommender(model).recommend(split, max(ks), exclude_seen)
+    model.train(was_training)
+    m = ranking_metrics(top, split.targets, ks=ks)
+    return {f"valid_{name}": float(m[name]) for k in ks for name in (f"recall@{k}", f"ndcg@{k}")}
+
+
+def subset_users(split: EvalSplit, rows: np.ndarray) -> EvalSplit:
+    from dataclasses import replace
+
+    return replace(split, users=split.users[rows], history_items=split.history_items[rows],
+                   history_types=split.history_types[rows], history_gaps=split.history_gaps[rows],
+                   seen=split.seen[rows], targets=split.targets[rows])

@@ -1,0 +1,189 @@
+"""`rayrec train`: the Ray Train driver that runs ``loop.py`` on workers with DDP and checkpoints.
+
+Per model: a Ray Data pipeline turns the processed Parquet examples into fixed-size arrays, a
+``TorchTrainer`` with the configured ``ScalingConfig`` runs the loop on each worker's shard
+(``get_dataset_shard``), every epoch is reported with a checkpoint under ``RunConfig.storage_path``,
+and ``FailureConfig(max_failures)`` restarts dead workers from the last checkpoint. The final
+checkpoint becomes the model bundle under ``<train.out_dir>/<model>/`` with its metrics CSV and
+training-curve PNG.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from rayrec.config import RayrecConfig
+from rayrec.features.batches import example_inputs
+from rayrec.features.items import ItemFeatureTable
+from rayrec.runtime import set_threads
+from rayrec.train.evaluate import load_eval_split
+from rayrec.train.loop import METRICS_CSV, LoopIO, ModelContext, read_history, train_ranker, train_retrieval
+from rayrec.train.plots import plot_training_curves
+
+RANKING_LABELS = ("label_click", "label_purchase")
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    kind: str
+    bundle: Path
+    metrics: list[dict[str, float]]
+    curves_png: Path
+
+
+def load_context(cfg: RayrecConfig, with_valid: bool = True) -> ModelContext:
+    processed = Path(cfg.preprocess.out_dir)
+    manifest = json.loads((processed / "manifest.json").read_text())
+    items = ItemFeatureTable.from_parquet(processed / "items.parquet", manifest["vocab_sizes"]["items"],
+                                          cfg.preprocess.title_tokens)
+    valid = (load_eval_split(processed, "valid", manifest["history_length"], cfg.evaluate.min_stage)
+             if with_valid else None)
+    return ModelContext(cfg=cfg, manifest=manifest, items=items, valid=valid)
+
+
+def _retrieval_rows(table: pa.Table, length: int, min_stage: int) -> dict[str, np.ndarray]:
+    """Train-split engagements with the target item blanked out of its own history.
+
+    In a funnel log the click on an item follows a view of that same item seconds earlier; left
+    in, the model learns to copy the last viewed item, which scores nothing at serving time where
+    the items to find are the ones not yet seen.
+    """
+    mask = (table.column("split").to_numpy() == 0) & (table.column("stage").to_numpy() >= min_stage)
+    rows = example_inputs(table.filter(pa.array(mask)), length)
+    own = rows["hist_items"] == rows["item_idx"][:, None]
+    for name in ("hist_items", "hist_types", "hist_gaps", "hist_gaps_s"):
+        rows[name] = np.where(own, 0, rows[name]).astype(rows[name].dtype)
+    return rows
+
+
+def _ranking_rows(table: pa.Table, length: int) -> dict[str, np.ndarray]:
+    mask = table.column("split").to_numpy() == 0
+    return example_inputs(table.filter(pa.array(mask)), length, extra=RANKING_LABELS)
+
+
+def training_dataset(cfg: RayrecConfig, kind: str, history_length: int) -> Any:
+    """The train split as a Ray Dataset of fixed-size arrays, shuffled per epoch by the loop."""
+    import ray
+
+    processed = Path(cfg.preprocess.out_dir)
+    if kind == "two_tower":
+        ds = ray.data.read_parquet(str(processed / "events"), columns=[
+            "item_idx", "user_idx", "split", "stage", "hist_items", "hist_types", "hist_gaps_s"])
+        return ds.map_batches(_retrieval_rows, batch_format="pyarrow",
+                              fn_kwargs={"length": history_length, "min_stage": cfg.evaluate.min_stage})
+    ds = ray.data.read_parquet(str(processed / "ranking"), columns=[
+        "item_idx", "user_idx", "split", "hist_items", "hist_types", "hist_gaps_s", *RANKING_LABELS])
+    return ds.map_batches(_ranking_rows, batch_format="pyarrow", fn_kwargs={"length": history_length})
+
+
+def _worker(config: dict[str, Any]) -> None:
+    """``train_loop_per_worker``: wires Ray Train's shard, report and checkpoint into ``LoopIO``."""
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    ctx: ModelContext = config["ctx"]
+    set_threads(ctx.cfg.train.threads_per_worker)
+    rank = ray.train.get_context().get_world_rank()
+    shard = ray.train.get_dataset_shard("train")
+    device = ray.train.torch.get_device()
+
+    def batches(epoch: int):
+        return shard.iter_torch_batches(batch_size=ctx.cfg.train.batch_size, device=device,
+                                        local_shuffle_buffer_size=4 * ctx.cfg.train.batch_size,
+                                        local_shuffle_seed=ctx.cfg.train.seed + epoch, drop_last=True)
+
+    def report(metrics: dict[str, float], folder: Path | None) -> None:
+        checkpoint = ray.train.Checkpoint.from_directory(str(folder)) if folder else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+    def run(resume_from: Path | None) -> None:
+        io = LoopIO(batches=batches, report=report, resume_from=resume_from, rank=rank, device=device,
+                    wrap_model=ray.train.torch.prepare_model, fault=config.get("fault"),
+                    autocast=device.type == "cuda")
+        if config["kind"] == "two_tower":
+            train_retrieval(ctx if rank == 0 else _without_valid(ctx), io)
+        else:
+            train_ranker(ctx, io, Path(config["retrieval_dir"]))
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        run(None)
+    else:
+        with checkpoint.as_directory() as folder:
+            run(Path(folder))
+    del torch
+
+
+def _without_valid(ctx: ModelContext) -> ModelContext:
+    return ModelContext(cfg=ctx.cfg, manifest=ctx.manifest, items=ctx.items, valid=None)
+
+
+def run_training(cfg: RayrecConfig, kind: str, ctx: ModelContext | None = None,
+                 retrieval_dir: Path | None = None, fault: dict[str, Any] | None = None) -> TrainedModel:
+    """Trains one model (``two_tower`` or ``ranker``) with Ray Train; returns its bundle."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    t = cfg.train
+    ctx = ctx or load_context(cfg)
+    out = Path(t.out_dir).resolve()
+    storage = Path(t.storage_path).resolve() if t.storage_path else out / "ray"
+    name = f"{cfg.name}-{kind}"
+    shutil.rmtree(storage / name, ignore_errors=True)  # a new run, not a resume of an older one
+    trainer = TorchTrainer(
+        _worker,
+        train_loop_config={"ctx": ctx, "kind": kind, "fault": fault,
+                           "retrieval_dir": str(retrieval_dir) if retrieval_dir else None},
+        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
+                                     resources_per_worker=dict(t.resources_per_worker)),
+        run_config=RunConfig(name=name, storage_path=str(storage),
+                             failure_config=FailureConfig(max_failures=t.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+        datasets={"train": training_dataset(cfg, kind, ctx.manifest["history_length"])},
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"{kind} training finished without a checkpoint: {result.error}")
+    bundle = out / kind
+    shutil.rmtree(bundle, ignore_errors=True)
+    with result.checkpoint.as_directory() as folder:
+        shutil.copytree(folder, bundle)
+    metrics = read_history(bundle)
+    (out / f"{kind}_{METRICS_CSV}").write_bytes((bundle / METRICS_CSV).read_bytes())
+    png = plot_training_curves(metrics, out / f"{kind}_curves.png", title=f"{cfg.name}: {kind}")
+    return TrainedModel(kind=kind, bundle=bundle, metrics=metrics, curves_png=png)
+
+
+def single_process_io(dataset: Any, batch_size: int, seed: int) -> LoopIO:
+    """A ``LoopIO`` that iterates a materialised dataset in this process (no Ray Train)."""
+    import torch
+
+    arrays = {k: torch.as_tensor(np.concatenate(v)) for k, v in _collect(dataset).items()}
+    n = len(next(iter(arrays.values())))
+    reports: list[dict[str, float]] = []
+
+    def batches(epoch: int):
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
+        for lo in range(0, n - batch_size + 1, batch_size):
+            idx = order[lo:lo + batch_size]
+            yield {k: v[idx] for k, v in arrays.items()}
+
+    io = LoopIO(batches=batches, report=lambda m, folder: reports.append(m))
+    io.reports = reports  # type: ignore[attr-defined]
+    return io
+
+
+def _collect(dataset: Any) -> dict[str, list[np.ndarray]]:
+    columns: dict[str, list[np.ndarray]] = {}
+    for batch in dataset.iter_batches(batch_size=65536, batch_format="numpy"):
+        for k, v in batch.items():
+            columns.setdefault(k, []).append(v)
+    return columns
