@@ -82,8 +82,9 @@ class RssSampler(threading.Thread):
             self.peak = max(self.peak, self.proc.memory_info().rss)
 
     def mark(self) -> int:
-        self.peak = self.proc.memory_info().rss
-        return self.peak
+        """The peak since the last mark; the next peak starts from the current RSS."""
+        peak, self.peak = self.peak, self.proc.memory_info().rss
+        return max(peak, self.peak)
 
 
 def child(engine: str, dataset: str, result_path: Path, num_cpus: int) -> None:
@@ -91,7 +92,7 @@ def child(engine: str, dataset: str, result_path: Path, num_cpus: int) -> None:
     cfg = config_for(dataset, RESULTS / "out" / f"{dataset}-{engine}")
     sampler = RssSampler()
     sampler.start()
-    stages: list[tuple[float, str]] = []
+    stages: list[tuple[float, str, float]] = []  # (start s, label, driver peak MB of the stage before)
     init_s = 0.0
     if engine == "ray":
         import ray
@@ -106,41 +107,52 @@ def child(engine: str, dataset: str, result_path: Path, num_cpus: int) -> None:
     else:
         sys.path.insert(0, str(Path(__file__).parent))
         from pandas_preprocess import run_pandas_preprocess as run
-    before = sampler.mark()
+    sampler.mark()
+    before, cpu0 = sampler.mark(), _cpu_self()
     t0 = time.perf_counter()
-    result = run(cfg, lambda label: stages.append((time.perf_counter() - t0, label)))
+    result = run(cfg, lambda label: stages.append((time.perf_counter() - t0, label, sampler.mark() / MB)))
     seconds = time.perf_counter() - t0
+    cpu_s = _cpu_self() - cpu0
     sampler.stop.set()
+    stages.append((seconds, "end", sampler.mark() / MB))
     if engine == "ray":
         ray.shutdown()
     keep = ("counts", "catalog", "outputs", "vocab_sizes", "split_cutoffs_ms")
     result_path.write_text(json.dumps({
-        "engine": engine, "dataset": dataset, "seconds": seconds, "init_s": init_s,
-        "stages": stage_seconds(stages, seconds), "stage_log": stages,
-        "rss_before_run_mb": before / MB, "rss_peak_run_mb": sampler.peak / MB,
+        "engine": engine, "dataset": dataset, "seconds": seconds, "init_s": init_s, "cpu_s": cpu_s,
+        **stage_summary(stages), "stage_log": stages, "rss_before_run_mb": before / MB,
+        "rss_peak_run_mb": max(peak for _, _, peak in stages[1:]),
         "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MB,
         **{k: result[k] for k in keep},
     }, indent=1))  # fmt: skip
 
 
-def stage_seconds(stages: list[tuple[float, str]], total: float) -> dict[str, float]:
-    """Seconds per canonical stage; each on_stage call ends the previous stage (k-core rounds fold in)."""
-    out: dict[str, float] = {}
-    for (start, label), end in zip(stages, [t for t, _ in stages[1:]] + [total]):
-        name = next((s for s in STAGES if label.startswith(s)), label)
-        out[name] = out.get(name, 0.0) + end - start
-    return out
+def _cpu_self() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def stage_summary(stages: list[tuple[float, str, float]]) -> dict[str, dict[str, float]]:
+    """Seconds and driver peak MB per canonical stage; an on_stage call ends the stage before it."""
+    seconds: dict[str, float] = {}
+    peaks: dict[str, float] = {}
+    for (start, label, _), (end, _, peak) in zip(stages, stages[1:]):
+        name = next((s for s in STAGES if label.startswith(s)), label)  # k-core rounds fold in
+        seconds[name] = seconds.get(name, 0.0) + end - start
+        peaks[name] = max(peaks.get(name, 0.0), peak)
+    return {"stages": seconds, "stage_peak_mb": peaks}
 
 
 # ---- parent side ------------------------------------------------------------------------------
 
 
-def _tree_memory(root: psutil.Process, seen: set[int]) -> dict[str, float]:
-    """RSS/PSS of the root's descendants: ``ray::`` workers and other (raylet, GCS, agents)."""
+def _tree_memory(root: psutil.Process, cpu: dict[int, float]) -> dict[str, float]:
+    """RSS/PSS of the root's descendants (``ray::`` workers; raylet, GCS, agents), and their CPU s in ``cpu``."""
     mem = {"workers_rss": 0.0, "workers_pss": 0.0, "system_rss": 0.0}
     for p in root.children(recursive=True):
         try:
-            seen.add(p.pid)
+            times = p.cpu_times()
+            cpu[p.pid] = times.user + times.system
             info = p.memory_full_info()
             worker = (p.cmdline() or [""])[0].startswith("ray::")
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
@@ -164,18 +176,19 @@ def measure(engine: str, dataset: str, num_cpus: int, keep_outputs: bool, progre
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     task = progress.add_task(f"{engine:6} {dataset}", total=None)
     peaks = {"workers_rss": 0.0, "workers_pss": 0.0, "system_rss": 0.0}
-    seen: set[int] = set()
+    cpu: dict[int, float] = {}  # descendant pid -> its latest CPU seconds
+    load = os.getloadavg()[0]
     with log_path.open("w") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         root = psutil.Process(proc.pid)
         while proc.poll() is None:
             if engine == "ray":
-                mem = _tree_memory(root, seen)
+                mem = _tree_memory(root, cpu)
                 peaks = {k: max(v, mem[k]) for k, v in peaks.items()}
                 progress.update(task, description=f"{engine:6} {dataset}  (workers now {mem['workers_rss']:,.0f} MB RSS)")
             time.sleep(0.25)
     progress.remove_task(task)
-    for pid in seen:  # Ray processes this run started, if any outlived their driver
+    for pid in cpu:  # Ray processes this run started, if any outlived their driver
         try:
             psutil.Process(pid).kill()
         except psutil.NoSuchProcess:
@@ -186,10 +199,12 @@ def measure(engine: str, dataset: str, num_cpus: int, keep_outputs: bool, progre
     if not keep_outputs:
         shutil.rmtree(RESULTS / "out" / f"{dataset}-{engine}", ignore_errors=True)
     result = json.loads(result_path.read_text())
+    result["load_avg_1m"] = [load, os.getloadavg()[0]]
     if engine == "ray":
         result |= {f"{k}_peak_mb": v for k, v in peaks.items()}
+        result |= {"cpu_s_driver": result["cpu_s"], "cpu_s": result["cpu_s"] + sum(cpu.values())}
     console.log(f"{engine:6} {dataset}: {result['counts']['rows_read']:,} rows in {result['seconds']:.1f} s, "
-                f"peak RSS {result['ru_maxrss_mb']:,.0f} MB")
+                f"{result['cpu_s']:.1f} CPU s, peak RSS {result['ru_maxrss_mb']:,.0f} MB, load {load:.1f}→{os.getloadavg()[0]:.1f}")
     return result
 
 
@@ -234,7 +249,19 @@ def tables(results: dict[str, dict[str, Any]], datasets: list[str], scales: list
         cells = [f"{results[d]['ray']['stages'].get(s, 0):.1f} / {results[d]['pandas']['stages'].get(s, 0):.1f}"
                  for d in shown]
         stages.add_row(s, *cells)
+    for label, key in (("total wall s", "seconds"), ("CPU s, all processes", "cpu_s"), ("ray.init s (not in Ray s)", "init_s")):
+        stages.add_row(label, *(f"{results[d]['ray'][key]:.1f} / {results[d]['pandas'][key]:.1f}" for d in shown))
+    stages.add_row("driver peak MB (Ray) / peak MB (pandas)",
+                   *(f"{results[d]['ray']['ru_maxrss_mb']:,.0f} / {results[d]['pandas']['ru_maxrss_mb']:,.0f}" for d in shown))
     console.print(stages)
+    drv = Table(title="Ray driver peak RSS MB per stage (before run → stages)")
+    drv.add_column("stage")
+    for d in shown:
+        drv.add_column(d, justify="right")
+    drv.add_row("before run", *(f"{results[d]['ray']['rss_before_run_mb']:,.0f}" for d in shown))
+    for s in STAGES:
+        drv.add_row(s, *(f"{results[d]['ray']['stage_peak_mb'].get(s, 0):,.0f}" for d in shown))
+    console.print(drv)
 
 
 def main() -> None:

@@ -1,0 +1,73 @@
+"""Train both models with real Ray Train on tiny data, survive a killed worker, evaluate everything."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from rayrec.artifacts import ArtifactError, load_bundle
+from rayrec.config import load_config
+from rayrec.data.preprocess import run_preprocess
+from rayrec.data.synthetic import generate
+from rayrec.train.offline import run_evaluation
+from rayrec.train.trainer import load_context, run_training
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, ray_local):
+    root = tmp_path_factory.mktemp("train")
+    generate(root / "raw", scale="tiny", seed=11)
+    cfg = load_config(REPO / "configs" / "demo.yaml", [
+        f"source.events={root / 'raw' / 'events'}", f"source.catalog={root / 'raw' / 'catalog.csv'}",
+        f"preprocess.out_dir={root / 'processed'}", "preprocess.min_user_events=2", "preprocess.min_item_events=2",
+        f"train.out_dir={root / 'runs'}", "train.epochs=3", "train.ranker_epochs=1", "train.batch_size=64",
+        "train.max_failures=1", "model.dim=16", "model.hidden=32",
+    ])  # fmt: skip
+    run_preprocess(cfg)
+    ctx = load_context(cfg)
+    fault = {"epoch": 1, "after_batches": 2, "marker": str(root / "killed"), "epoch_log": str(root / "epochs.log")}
+    retrieval = run_training(cfg, "two_tower", ctx, fault=fault)
+    ranker = run_training(cfg, "ranker", ctx, retrieval_dir=retrieval.bundle)
+    return root, cfg, ctx, retrieval, ranker
+
+
+def test_a_killed_worker_resumes_from_the_last_checkpoint(trained):
+    root, _, _, retrieval, _ = trained
+    killed_pid = (root / "killed").read_text()
+    assert killed_pid.isdigit()  # the hook really ran and killed a process
+    started = [int(e) for e in (root / "epochs.log").read_text().split()]
+    assert started == [0, 1, 1, 2]  # epoch 1 redone once, epoch 0 not redone
+    assert [int(m["epoch"]) for m in retrieval.metrics] == [0, 1, 2]
+    assert retrieval.curves_png.stat().st_size > 0 and (retrieval.bundle / "metrics.csv").exists()
+
+
+def test_checkpoints_load_safely_and_refuse_another_vocabulary(trained, tmp_path):
+    _, _, ctx, retrieval, ranker = trained
+    state, meta = load_bundle(retrieval.bundle, "two_tower", ctx.vocab_fingerprint)
+    assert meta["epoch"] == 2 and "item_tower.item_emb.weight" in state
+    with pytest.raises(ArtifactError, match="vocabulary"):
+        load_bundle(retrieval.bundle, "two_tower", "0" * 16)
+    with pytest.raises(ArtifactError, match="expected 'two_tower'"):
+        load_bundle(ranker.bundle, "two_tower", ctx.vocab_fingerprint)
+    copy = Path(shutil.copytree(retrieval.bundle, tmp_path / "bundle"))
+    (copy / "weights.pt").write_bytes((copy / "weights.pt").read_bytes() + b"x")
+    with pytest.raises(ArtifactError, match="corrupt"):
+        load_bundle(copy, "two_tower", ctx.vocab_fingerprint)
+
+
+def test_evaluation_reports_every_system_on_the_same_split(trained, tmp_path):
+    _, cfg, ctx, _, _ = trained
+    cfg = cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update={"out_dir": str(tmp_path)})})
+    table, info = run_evaluation(cfg, ctx)
+    systems = table["system"].tolist()
+    assert len(systems) == 7 and any("two_tower+ranker" in s for s in systems)
+    for col in ("recall@20", "ndcg@20", "mrr", "hit@10", "coverage@20", "arp@20"):
+        assert table[col].between(0, 1).all(), col
+    report = json.loads(Path(info["paths"]["json"]).read_text())
+    assert len(report["rows"]) == 7 and Path(info["paths"]["png"]).stat().st_size > 0
