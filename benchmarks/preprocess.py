@@ -302,7 +302,7 @@ def main() -> None:
         "memory_total_mb": psutil.virtual_memory().total / MB, "datasets": args.datasets, "scales": scales,
         "results": results,
     }, indent=1))  # fmt: skip
-    console.print(f"wrote {args.json.relative_to(REPO)}")
+    console.print(f"wrote {args.json}")
     bad = {d: r["mismatch"]["hard"] for d, r in results.items() if r["mismatch"]["hard"]}
     if bad:
         raise SystemExit(f"counts differ between Ray and pandas: {bad}")

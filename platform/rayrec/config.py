@@ -113,6 +113,11 @@ class TwoTowerConfig(Section):
     heads: int = Field(2, ge=1, description="Attention heads of the user tower's transformer layer.")
     id_dropout: float = Field(0.1, ge=0, lt=1, description="Share of training items whose id embedding is "
                               "dropped, so the content path alone learns to place new items.")
+    user_dropout: float = Field(0.1, ge=0, lt=1, description="Share of training rows whose user id is "
+                                "replaced by 'unknown', which trains the cold-start path.")
+    context_gap_s: float = Field(1800, ge=0, description="Retrieval training drops history events this "
+                                 "close before the target (the same visit), so the model learns to predict "
+                                 "beyond the current session, as it is evaluated and served; 0 keeps them.")
     temperature: float = Field(0.07, gt=0, description="Softmax temperature (initial value when learnable).")
     learn_temperature: bool = Field(True, description="Learn the temperature rather than fix it.")
     logq_correction: bool = Field(True, description="Subtract log sampling probability from in-batch logits.")

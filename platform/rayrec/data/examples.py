@@ -23,7 +23,7 @@ import pandas as pd
 import pyarrow as pa
 
 from rayrec.features.transforms import history_window, tokenize
-from rayrec.features.vocab import UNK_ID
+from rayrec.features.vocab import UNK_ID, encode_token_lists
 from rayrec.schema import FUNNEL_STAGE
 
 DEDUPE_KEY = ["user_id", "item_id", "event_type", "ts_ms", "session_id", "query", "price", "quantity"]
@@ -206,13 +206,13 @@ def _search_rows(searches: pd.DataFrame, inter: pd.DataFrame, it: _Interactions,
     keys = (np.cumsum(np.r_[0, np.diff(it.user_start) != 0]) << 42) + it.ts_ms
     positions = np.searchsorted(keys, (rank.astype(np.int64) << 42) + ts, side="left")
     first = starts[rank]
-    tokens = [_encode(spec.tokens, pd.Series(tokenize(q), dtype="object")).tolist() for q in hits["query"]]
+    tokens = encode_token_lists(spec.tokens, [tokenize(q) for q in hits["query"]])
     cols = {
         "user_idx": user_idx, "item_idx": _encode(spec.items, hits["item_id"]), "ts_ms": ts,
         "split": split_of(ts, spec.cutoffs_ms), "stage": np.full(len(hits), -1, np.int8),
         "session_id": pa.array(hits["session_id"].astype(str), pa.string()),
         "query": pa.array(hits["query"].astype(str), pa.string()),
-        "query_tokens": pa.array(tokens, pa.list_(pa.int32())),
+        "query_tokens": tokens,
         **it.history(positions, first, ts, spec.history_length),
     }  # fmt: skip
     return _table(cols, len(hits), "search")

@@ -30,7 +30,7 @@ from rayrec.data import sources
 from rayrec.data.examples import SPLIT_NAMES, USER_BUCKET, ExampleSpec, build_user_examples, mark_duplicates, user_bucket
 from rayrec.data.validate import REASON_CODE, EventValidator, validate_catalog
 from rayrec.features.transforms import category_prefixes, price_bucket, price_bucket_edges, tokenize
-from rayrec.features.vocab import Vocabulary, vocab_set_fingerprint
+from rayrec.features.vocab import Vocabulary, encode_token_lists, vocab_set_fingerprint
 from rayrec.schema import INTERACTION_TYPES, REASON, SCHEMA_VERSION
 
 StageCallback = Callable[[str], None]
@@ -55,11 +55,6 @@ class FileReport:
 def _read_event_files(batch: dict[str, np.ndarray], source: Any) -> Iterator[pa.Table]:
     for path in batch["path"]:
         yield from sources.read_event_file(str(path), source)
-
-
-def _read_catalog_files(batch: dict[str, np.ndarray], source: Any) -> Iterator[pa.Table]:
-    for path in batch["path"]:
-        yield from sources.read_catalog_file(str(path), source)
 
 
 def _rejected(df: pd.DataFrame) -> pd.DataFrame:
@@ -141,14 +136,11 @@ def _check_files(cfg: RayrecConfig) -> FileReport:
 
 
 def _load_catalog(cfg: RayrecConfig, out: Path) -> tuple[pd.DataFrame | None, dict[str, int]]:
-    import ray
-
     paths = sources.catalog_files(cfg.source)
     if not paths:
         return None, {"rows_read": 0, "rejected": 0, "kept": 0}
-    raw = (ray.data.from_items([{"path": p} for p in paths])
-           .map_batches(_read_catalog_files, batch_size=1, fn_kwargs={"source": cfg.source})
-           .to_pandas())  # catalog-sized: one row per item
+    # Catalog-sized (one row per item): read in the driver, which saves a Ray job's start-up.
+    raw = pa.concat_tables([t for p in paths for t in sources.read_catalog_file(p, cfg.source)]).to_pandas()
     valid, rejected = validate_catalog(raw)
     if len(rejected):
         rejected.to_parquet(out / "rejects_catalog.parquet", index=False)
@@ -219,15 +211,16 @@ def _item_table(catalog: pd.DataFrame, vocabs: dict[str, Vocabulary], cfg: Rayre
     p = cfg.preprocess
     prices = catalog["price"].to_numpy(np.float64)
     edges = price_bucket_edges(prices, p.price_buckets)
-    cats = np.array([vocabs["categories"].encode(category_prefixes(c)) for c in catalog["category"]])
-    titles = [vocabs["tokens"].encode(tokenize(t))[: p.title_tokens].tolist() for t in catalog["title"]]
+    prefixes = [prefix for c in catalog["category"] for prefix in category_prefixes(c)]
+    cats = vocabs["categories"].encode(prefixes).reshape(len(catalog), -1)
+    titles = encode_token_lists(vocabs["tokens"], [tokenize(t)[: p.title_tokens] for t in catalog["title"]])
     item_idx = vocabs["items"].encode(catalog["item_id"])
     table = pa.table({
         "item_idx": item_idx, "item_id": catalog["item_id"].astype(str), "title": catalog["title"].astype(str),
         "category": catalog["category"].astype(str), "brand": catalog["brand"].astype(str),
         "cat1_idx": cats[:, 0], "cat2_idx": cats[:, 1], "cat3_idx": cats[:, 2],
         "brand_idx": vocabs["brands"].encode(catalog["brand"]), "price": prices,
-        "price_bucket": price_bucket(prices, edges), "title_tokens": pa.array(titles, pa.list_(pa.int32())),
+        "price_bucket": price_bucket(prices, edges), "title_tokens": titles,
         "train_interactions": popularity.reindex(item_idx, fill_value=0).to_numpy(np.int64),
     }).sort_by("item_idx")  # fmt: skip
     return table, edges.tolist()
@@ -283,6 +276,7 @@ def run_preprocess(cfg: RayrecConfig, on_stage: StageCallback = lambda _: None) 
     n_duplicates = duplicates.count()
     unique = marked.map_batches(_rows_where, batch_format="pandas", fn_kwargs={"column": "is_duplicate", "value": False}).materialize()
     n_valid_unique = unique.count()
+    del validated, rejects, marked, duplicates  # free the object store: one copy of the log at a time
 
     on_stage("k-core filtering")
     kept, kcore_rounds, counts = _kcore(unique, cfg, on_stage)
@@ -310,6 +304,7 @@ def run_preprocess(cfg: RayrecConfig, on_stage: StageCallback = lambda _: None) 
     examples = (kept.groupby(USER_BUCKET)
                 .map_groups(build_user_examples, batch_format="pandas", fn_kwargs={"spec": spec})
                 .materialize())
+    del kept, unique
     split_counts = examples.groupby(["kind", "split"]).count().to_pandas()
     for kind, columns in OUTPUTS.items():
         (examples.map_batches(_drop_kind_columns, batch_format="pandas", fn_kwargs={"kind": kind, "keep": columns})

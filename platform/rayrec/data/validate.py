@@ -8,6 +8,7 @@ Rules are checked in a fixed order and a row gets the first reason that applies,
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -85,30 +86,35 @@ class EventValidator:
         is_search = out["event_type"] == "search"
         raw_ts = _clean(df["timestamp"])
 
-        checks: list[tuple[str, pd.Series, pd.Series]] = [
+        # Messages are built only for the rows a rule rejects: (rule, failed mask, message of rows).
+        def quoted(col: pd.Series) -> Callable[[np.ndarray], pd.Series]:
+            return lambda hit: "'" + _clean(col[hit]).str.slice(0, 60) + "'"
+
+        q_type, q_ts, q_price, q_qty, q_item = (quoted(df["event_type"]), quoted(raw_ts), quoted(df["price"]),
+                                                quoted(df["quantity"]), quoted(out["item_id"]))
+        checks: list[tuple[str, pd.Series, Callable[[np.ndarray], object]]] = [
             ("missing user_id", out["user_id"] == "",
-             pd.Series("user_id is empty; every event needs the user who did it", index=df.index)),
+             lambda hit: "user_id is empty; every event needs the user who did it"),
             ("unknown event_type", ~out["event_type"].isin(self.event_types),
-             "event_type " + _quoted(df["event_type"]) + f" is not one of {', '.join(self.event_types)}"),
+             lambda hit: "event_type " + q_type(hit) + f" is not one of {', '.join(self.event_types)}"),
             ("missing item_id", ~is_search & (out["item_id"] == ""),
-             out["event_type"] + " event has an empty item_id; only search events may omit it"),
-            ("missing query", is_search & (out["query"] == ""),
-             pd.Series("search event has an empty query", index=df.index)),
+             lambda hit: out["event_type"][hit] + " event has an empty item_id; only search events may omit it"),
+            ("missing query", is_search & (out["query"] == ""), lambda hit: "search event has an empty query"),
             ("unparsable timestamp", ts.isna(),
-             "timestamp " + _quoted(raw_ts) + " is not ISO-8601 (2024-03-05T14:02:11Z) or unix seconds/ms"),
+             lambda hit: "timestamp " + q_ts(hit) + " is not ISO-8601 (2024-03-05T14:02:11Z) or unix seconds/ms"),
             ("future timestamp", ts > self.now_ms,
-             "timestamp " + _quoted(raw_ts) + " is in the future; check the producer's clock or time zone"),
+             lambda hit: "timestamp " + q_ts(hit) + " is in the future; check the producer's clock or time zone"),
             ("implausible timestamp", ts < self.min_ms,
-             "timestamp " + _quoted(raw_ts) + " is before validate.min_timestamp"),
-            ("unparsable price", bad_price, "price " + _quoted(df["price"]) + " is not a number"),
-            ("negative price", price < 0, "price " + _quoted(df["price"]) + " is negative"),
-            ("unparsable quantity", bad_quantity, "quantity " + _quoted(df["quantity"]) + " is not a number"),
-            ("non-positive quantity", quantity <= 0, "quantity " + _quoted(df["quantity"]) + " must be > 0"),
+             lambda hit: "timestamp " + q_ts(hit) + " is before validate.min_timestamp"),
+            ("unparsable price", bad_price, lambda hit: "price " + q_price(hit) + " is not a number"),
+            ("negative price", price < 0, lambda hit: "price " + q_price(hit) + " is negative"),
+            ("unparsable quantity", bad_quantity, lambda hit: "quantity " + q_qty(hit) + " is not a number"),
+            ("non-positive quantity", quantity <= 0, lambda hit: "quantity " + q_qty(hit) + " must be > 0"),
         ]
         if self.known_items is not None:
             unknown = ~is_search & (out["item_id"] != "") & ~out["item_id"].isin(self.known_items)
             checks.append(("unknown item", unknown,
-                           "item_id " + _quoted(out["item_id"]) + " is not in the catalog; add it to the "
+                           lambda hit: "item_id " + q_item(hit) + " is not in the catalog; add it to the "
                            "catalog or set validate.require_known_items=false"))
 
         reason = df[REASON].astype("object") if REASON in df else pd.Series(None, index=df.index, dtype="object")
@@ -116,7 +122,8 @@ class EventValidator:
         for name, failed, message in checks:
             hit = failed.fillna(False).to_numpy(dtype=bool) & reason.isna().to_numpy()
             if hit.any():
-                reason[hit] = message[hit] if isinstance(message, pd.Series) else message
+                text = message(hit)
+                reason[hit] = text.to_numpy() if isinstance(text, pd.Series) else text
                 code[hit] = name.replace(" ", "_").replace("-", "_")
 
         out["ts_ms"] = ts.fillna(0).astype("int64")
@@ -127,10 +134,6 @@ class EventValidator:
         out[REASON] = reason.astype("object")
         out[REASON_CODE] = code.astype("object")
         return out[list(VALID_EVENT_COLUMNS)]
-
-
-def _quoted(series: pd.Series) -> pd.Series:
-    return "'" + _clean(series).str.slice(0, 60) + "'"
 
 
 def validate_catalog(raw: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -31,6 +31,7 @@ class Vocabulary:
         self._index: dict[str, int] = {v: i for i, v in enumerate(self._values)}
         if len(self._index) != len(self._values):
             raise ValueError(f"vocabulary {name!r} has repeated values")
+        self._lookup = pd.Index(self._values)  # hash index for vectorised encode, built once
 
     @classmethod
     def build(cls, name: str, values: Iterable[str]) -> Vocabulary:
@@ -61,7 +62,7 @@ class Vocabulary:
     def encode(self, values: pd.Series | Iterable[str | None]) -> np.ndarray:
         """Vectorised lookup; missing or unseen values map to UNK_ID."""
         series = values if isinstance(values, pd.Series) else pd.Series(list(values), dtype="object")
-        codes = pd.Index(self._values).get_indexer(series.astype("object"))
+        codes = self._lookup.get_indexer(series.astype("object"))
         codes = np.where(codes < 0, UNK_ID, codes)
         return codes.astype(np.int32)
 
@@ -87,3 +88,18 @@ def vocab_set_fingerprint(vocabs: Iterable[Vocabulary]) -> str:
     """One hash over several vocabularies: models and indexes record it to refuse a mismatch."""
     joined = "|".join(f"{v.name}:{v.fingerprint()}" for v in sorted(vocabs, key=lambda v: v.name))
     return hashlib.sha256(joined.encode()).hexdigest()[:16]
+
+
+def encode_token_lists(vocab: Vocabulary | pd.Index, lists: list[list[str]]) -> "pa.ListArray":
+    """Many token lists encoded in one vectorised lookup, as an Arrow list<int32> array."""
+    import pyarrow as pa
+
+    lengths = np.fromiter((len(tokens) for tokens in lists), dtype=np.int64, count=len(lists))
+    flat = pd.Series([t for tokens in lists for t in tokens], dtype="object")
+    if isinstance(vocab, Vocabulary):
+        codes = vocab.encode(flat)
+    else:
+        found = vocab.get_indexer(flat)
+        codes = np.where(found < 0, UNK_ID, found).astype(np.int32)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(codes, pa.int32()))

@@ -9,8 +9,11 @@ index serves them directly.
   ``embed_content``.
 - User tower: the last L items (their id embeddings, shared with the item tower), event types and
   log-scaled time gaps, read by one transformer layer and pooled by attention from a learned query
-  token that is always present. A user with no history therefore gets the query token's output: a
-  learned cold-start vector that training pulls toward what new users engage with (popularity).
+  token that is always present, combined with a user-id embedding that carries long-term taste
+  beyond the last L events. The user id is replaced by "unknown" for a share of training rows
+  (``user_dropout``), so the unknown-user embedding is trained too: a new user, or one with no
+  history at all, gets a learned cold-start vector that training pulls toward what new users
+  engage with (popularity), and their clicks move it at once through the history path.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from torch import nn
 
 from rayrec.features.items import ItemFeatureTable
 from rayrec.features.transforms import GAP_BUCKETS
+from rayrec.features.vocab import UNK_ID
 
 N_EVENT_TYPES = 5  # padding + view, click, add_to_cart, purchase (stage + 1)
 
@@ -32,6 +36,7 @@ class TwoTowerSpec:
     """Sizes that fix the parameter shapes: saved with every checkpoint and checked on load."""
 
     n_items: int
+    n_users: int
     n_categories: int
     n_brands: int
     n_price_buckets: int
@@ -81,34 +86,43 @@ class ItemTower(nn.Module):
 
 
 class UserTower(nn.Module):
-    def __init__(self, spec: TwoTowerSpec, item_emb: nn.Embedding) -> None:
+    def __init__(self, spec: TwoTowerSpec, item_emb: nn.Embedding, user_dropout: float) -> None:
         super().__init__()
         d = spec.dim
+        self.user_dropout = user_dropout
         self.item_emb = item_emb  # shared with the item tower: one id space, fewer parameters
+        self.user_emb = nn.Embedding(spec.n_users, d, padding_idx=0)
         self.type_emb = nn.Embedding(N_EVENT_TYPES, d, padding_idx=0)
         self.gap_emb = nn.Embedding(GAP_BUCKETS, d, padding_idx=0)
         self.pos_emb = nn.Parameter(torch.zeros(spec.history_length + 1, d))
         self.query = nn.Parameter(torch.randn(1, 1, d) * 0.02)
         self.encoder = nn.TransformerEncoderLayer(d, spec.heads, dim_feedforward=spec.hidden, dropout=0.1,
                                                   batch_first=True, norm_first=True)
-        self.out = nn.Sequential(nn.Linear(d, spec.hidden), nn.GELU(), nn.Linear(spec.hidden, d))
+        self.out = nn.Sequential(nn.Linear(2 * d, spec.hidden), nn.GELU(), nn.Linear(spec.hidden, d))
 
-    def forward(self, hist_items: torch.Tensor, hist_types: torch.Tensor, hist_gaps: torch.Tensor) -> torch.Tensor:
-        """hist_*: [B, L] right-aligned, 0 = padding; types are stage + 1, gaps are gap_bucket ids."""
+    def forward(self, hist_items: torch.Tensor, hist_types: torch.Tensor, hist_gaps: torch.Tensor,
+                user_idx: torch.Tensor | None = None) -> torch.Tensor:
+        """hist_*: [B, L] right-aligned, 0 = padding; types are stage + 1, gaps are gap_bucket ids;
+        user_idx: [B] ids, UNK_ID (1) for users the vocabulary does not know (the default)."""
+        if user_idx is None:
+            user_idx = torch.full_like(hist_items[:, 0], UNK_ID)
+        elif self.training and self.user_dropout > 0:
+            drop = torch.rand(user_idx.shape, device=user_idx.device) < self.user_dropout
+            user_idx = torch.where(drop, torch.full_like(user_idx, UNK_ID), user_idx)
         x = self.item_emb(hist_items) + self.type_emb(hist_types) + self.gap_emb(hist_gaps)
         x = torch.cat([self.query.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_emb
         pad = torch.cat([torch.zeros_like(hist_items[:, :1], dtype=torch.bool), hist_items == 0], dim=1)
         h = self.encoder(x, src_key_padding_mask=pad)
-        return F.normalize(self.out(h[:, 0]), dim=-1)
+        return F.normalize(self.out(torch.cat([h[:, 0], self.user_emb(user_idx)], -1)), dim=-1)
 
 
 class TwoTowerModel(nn.Module):
     def __init__(self, spec: TwoTowerSpec, items: ItemFeatureTable, id_dropout: float = 0.1,
-                 temperature: float = 0.07, learn_temperature: bool = True) -> None:
+                 temperature: float = 0.07, learn_temperature: bool = True, user_dropout: float = 0.1) -> None:
         super().__init__()
         self.spec = spec
         self.item_tower = ItemTower(spec, items, id_dropout)
-        self.user_tower = UserTower(spec, self.item_tower.item_emb)
+        self.user_tower = UserTower(spec, self.item_tower.item_emb, user_dropout)
         log_t = torch.tensor(float(temperature)).log()
         self.log_temperature = nn.Parameter(log_t, requires_grad=learn_temperature)
 
@@ -116,8 +130,9 @@ class TwoTowerModel(nn.Module):
     def temperature(self) -> torch.Tensor:
         return self.log_temperature.exp().clamp(min=0.01, max=1.0)
 
-    def user_embedding(self, hist_items: torch.Tensor, hist_types: torch.Tensor, hist_gaps: torch.Tensor) -> torch.Tensor:
-        return self.user_tower(hist_items, hist_types, hist_gaps)
+    def user_embedding(self, hist_items: torch.Tensor, hist_types: torch.Tensor, hist_gaps: torch.Tensor,
+                       user_idx: torch.Tensor | None = None) -> torch.Tensor:
+        return self.user_tower(hist_items, hist_types, hist_gaps, user_idx)
 
     def item_embedding(self, item_idx: torch.Tensor) -> torch.Tensor:
         return self.item_tower(item_idx)
@@ -129,5 +144,5 @@ class TwoTowerModel(nn.Module):
         return torch.cat([self.item_tower(chunk) for chunk in ids.split(batch)])
 
     def forward(self, hist_items: torch.Tensor, hist_types: torch.Tensor, hist_gaps: torch.Tensor,
-                item_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.user_embedding(hist_items, hist_types, hist_gaps), self.item_embedding(item_idx)
+                user_idx: torch.Tensor | None, item_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.user_embedding(hist_items, hist_types, hist_gaps, user_idx), self.item_embedding(item_idx)

@@ -69,7 +69,7 @@ class ModelContext:
 def two_tower_spec(ctx: ModelContext) -> TwoTowerSpec:
     v, m = ctx.manifest["vocab_sizes"], ctx.cfg.model
     return TwoTowerSpec(
-        n_items=v["items"], n_categories=v["categories"], n_brands=v["brands"],
+        n_items=v["items"], n_users=v["users"], n_categories=v["categories"], n_brands=v["brands"],
         n_price_buckets=len(ctx.manifest["price_bucket_edges"]) + 2, n_tokens=v["tokens"],
         title_tokens=ctx.items.title.shape[1], history_length=ctx.manifest["history_length"],
         dim=m.dim, hidden=m.hidden, heads=m.heads,
@@ -79,7 +79,8 @@ def two_tower_spec(ctx: ModelContext) -> TwoTowerSpec:
 def build_two_tower(ctx: ModelContext, spec: TwoTowerSpec | None = None) -> TwoTowerModel:
     m = ctx.cfg.model
     return TwoTowerModel(spec or two_tower_spec(ctx), ctx.items, id_dropout=m.id_dropout,
-                         temperature=m.temperature, learn_temperature=m.learn_temperature)
+                         temperature=m.temperature, learn_temperature=m.learn_temperature,
+                         user_dropout=m.user_dropout)
 
 
 def ranker_spec(ctx: ModelContext) -> RankerSpec:
@@ -176,7 +177,8 @@ def train_retrieval(ctx: ModelContext, io: LoopIO) -> None:
         for i, batch in enumerate(io.batches(epoch)):
             _maybe_inject_fault(io, epoch, i)
             with io.precision():
-                user, item = wrapped(batch["hist_items"], batch["hist_types"], batch["hist_gaps"], batch["item_idx"])
+                user, item = wrapped(batch["hist_items"], batch["hist_types"], batch["hist_gaps"], batch["user_idx"],
+                                     batch["item_idx"])
                 extra = None
                 if cfg.model.uniform_negatives:
                     ids = torch.randint(2, spec.n_items, (cfg.model.uniform_negatives,), device=io.device)
@@ -228,7 +230,8 @@ def train_ranker(ctx: ModelContext, io: LoopIO, retrieval_dir: Path) -> None:
         for i, batch in enumerate(io.batches(epoch)):
             _maybe_inject_fault(io, epoch, i)
             with torch.no_grad():
-                user = retrieval.user_embedding(batch["hist_items"], batch["hist_types"], batch["hist_gaps"])
+                user = retrieval.user_embedding(batch["hist_items"], batch["hist_types"], batch["hist_gaps"],
+                                                batch["user_idx"])
                 cand, labels = _with_hard_negatives(batch, user, item_vecs, r.hard_negatives, r.hard_negative_pool)
                 score = (user.unsqueeze(1) * item_vecs[cand]).sum(-1)
             with io.precision():

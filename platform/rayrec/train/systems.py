@@ -29,7 +29,8 @@ def user_vectors(model: TwoTowerModel, split: EvalSplit, batch: int = 1024) -> t
     out = []
     for lo in range(0, len(split.users), batch):
         h = _history_tensors(split, slice(lo, lo + batch))
-        out.append(model.user_embedding(h["hist_items"], h["hist_types"], h["hist_gaps"]))
+        users = torch.as_tensor(split.users[lo:lo + batch], dtype=torch.long)
+        out.append(model.user_embedding(h["hist_items"], h["hist_types"], h["hist_gaps"], users))
     return torch.cat(out) if out else torch.zeros(0, model.spec.dim)
 
 

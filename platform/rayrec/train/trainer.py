@@ -48,16 +48,17 @@ def load_context(cfg: RayrecConfig, with_valid: bool = True) -> ModelContext:
     return ModelContext(cfg=cfg, manifest=manifest, items=items, valid=valid)
 
 
-def _retrieval_rows(table: pa.Table, length: int, min_stage: int) -> dict[str, np.ndarray]:
-    """Train-split engagements with the target item blanked out of its own history.
+def _retrieval_rows(table: pa.Table, length: int, min_stage: int, context_gap_s: float) -> dict[str, np.ndarray]:
+    """Train-split engagements with the target item, and the visit it happened in, blanked out of
+    the history.
 
     In a funnel log the click on an item follows a view of that same item seconds earlier; left
-    in, the model learns to copy the last viewed item, which scores nothing at serving time where
-    the items to find are the ones not yet seen.
+    in, the model learns to copy the last viewed item, which scores nothing where the items to
+    find are the ones not yet seen. The rest of the same visit is dropped too (``context_gap_s``).
     """
     mask = (table.column("split").to_numpy() == 0) & (table.column("stage").to_numpy() >= min_stage)
     rows = example_inputs(table.filter(pa.array(mask)), length)
-    own = rows["hist_items"] == rows["item_idx"][:, None]
+    own = (rows["hist_items"] == rows["item_idx"][:, None]) | (rows["hist_gaps_s"] < context_gap_s)
     for name in ("hist_items", "hist_types", "hist_gaps", "hist_gaps_s"):
         rows[name] = np.where(own, 0, rows[name]).astype(rows[name].dtype)
     return rows
@@ -77,7 +78,8 @@ def training_dataset(cfg: RayrecConfig, kind: str, history_length: int) -> Any:
         ds = ray.data.read_parquet(str(processed / "events"), columns=[
             "item_idx", "user_idx", "split", "stage", "hist_items", "hist_types", "hist_gaps_s"])
         return ds.map_batches(_retrieval_rows, batch_format="pyarrow",
-                              fn_kwargs={"length": history_length, "min_stage": cfg.evaluate.min_stage})
+                              fn_kwargs={"length": history_length, "min_stage": cfg.evaluate.min_stage,
+                                         "context_gap_s": cfg.model.context_gap_s})
     ds = ray.data.read_parquet(str(processed / "ranking"), columns=[
         "item_idx", "user_idx", "split", "hist_items", "hist_types", "hist_gaps_s", *RANKING_LABELS])
     return ds.map_batches(_ranking_rows, batch_format="pyarrow", fn_kwargs={"length": history_length})

@@ -6,7 +6,7 @@ from rayrec.models.losses import in_batch_softmax_loss
 from rayrec.models.two_tower import TwoTowerModel, TwoTowerSpec
 from tests.unit.models.conftest import N_ITEMS
 
-SPEC = TwoTowerSpec(n_items=N_ITEMS, n_categories=20, n_brands=8, n_price_buckets=6, n_tokens=40, title_tokens=4,
+SPEC = TwoTowerSpec(n_items=N_ITEMS, n_users=10, n_categories=20, n_brands=8, n_price_buckets=6, n_tokens=40, title_tokens=4,
                     history_length=5, dim=16, hidden=32, heads=2)
 
 
@@ -23,7 +23,7 @@ def _history(batch: int, length: int = 5, seed: int = 0):
 def test_towers_give_normalised_vectors_of_the_configured_size(items):
     model = TwoTowerModel(SPEC, items).eval()
     h = _history(6)
-    user, item = model(*h, torch.arange(2, 8))
+    user, item = model(*h, None, torch.arange(2, 8))
     assert user.shape == (6, 16) and item.shape == (6, 16)
     assert torch.allclose(user.norm(dim=-1), torch.ones(6), atol=1e-5)
     assert torch.isfinite(user).all()  # the empty history still gets a (cold-start) vector
@@ -48,7 +48,7 @@ def test_loss_decreases_on_a_fixed_dataset(items):
     opt = torch.optim.Adam(model.parameters(), lr=5e-3)
     losses = []
     for _ in range(60):
-        user, item = model(*h, target)
+        user, item = model(*h, None, target)
         loss = in_batch_softmax_loss(user, item, target, model.temperature)
         opt.zero_grad()
         loss.backward()
