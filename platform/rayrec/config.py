@@ -113,6 +113,10 @@ class TwoTowerConfig(Section):
     heads: int = Field(2, ge=1, description="Attention heads of the user tower's transformer layer.")
     id_dropout: float = Field(0.1, ge=0, lt=1, description="Share of training items whose id embedding is "
                               "dropped, so the content path alone learns to place new items.")
+    use_user_id: bool = Field(False, description="Add a user-id embedding to the user tower (long-term taste; "
+                              "unknown users fall back to the cold-start embedding).")
+    train_min_stage: int = Field(0, ge=0, le=3, description="Retrieval training targets: interactions at "
+                                 "least this funnel stage (0 = views too, the most evidence of taste).")
     user_dropout: float = Field(0.1, ge=0, lt=1, description="Share of training rows whose user id is "
                                 "replaced by 'unknown', which trains the cold-start path.")
     context_gap_s: float = Field(1800, ge=0, description="Retrieval training drops history events this "

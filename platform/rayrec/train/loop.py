@@ -72,7 +72,7 @@ def two_tower_spec(ctx: ModelContext) -> TwoTowerSpec:
         n_items=v["items"], n_users=v["users"], n_categories=v["categories"], n_brands=v["brands"],
         n_price_buckets=len(ctx.manifest["price_bucket_edges"]) + 2, n_tokens=v["tokens"],
         title_tokens=ctx.items.title.shape[1], history_length=ctx.manifest["history_length"],
-        dim=m.dim, hidden=m.hidden, heads=m.heads,
+        dim=m.dim, hidden=m.hidden, heads=m.heads, use_user_id=m.use_user_id,
     )  # fmt: skip
 
 

@@ -78,7 +78,7 @@ def training_dataset(cfg: RayrecConfig, kind: str, history_length: int) -> Any:
         ds = ray.data.read_parquet(str(processed / "events"), columns=[
             "item_idx", "user_idx", "split", "stage", "hist_items", "hist_types", "hist_gaps_s"])
         return ds.map_batches(_retrieval_rows, batch_format="pyarrow",
-                              fn_kwargs={"length": history_length, "min_stage": cfg.evaluate.min_stage,
+                              fn_kwargs={"length": history_length, "min_stage": cfg.model.train_min_stage,
                                          "context_gap_s": cfg.model.context_gap_s})
     ds = ray.data.read_parquet(str(processed / "ranking"), columns=[
         "item_idx", "user_idx", "split", "hist_items", "hist_types", "hist_gaps_s", *RANKING_LABELS])
