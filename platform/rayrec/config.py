@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 SourceFormat = Literal["rayrec", "movielens", "retailrocket", "online_retail", "generic"]
 FileFormat = Literal["csv", "parquet", "jsonl"]
 Scale = Literal["tiny", "small", "demo", "large"]
+Baseline = Literal["most_popular", "recently_popular", "item_knn", "implicit_als", "implicit_bpr"]
 
 
 class ConfigError(ValueError):
@@ -163,7 +164,7 @@ class EvaluateConfig(Section):
                                "(set false for repeat-purchase domains).")
     candidates: int = Field(100, ge=1, description="Retrieval candidates re-ranked by the ranker.")
     min_stage: int = Field(1, ge=0, le=3, description="Targets: test interactions at least this funnel stage (1 = click).")
-    baselines: list[str] = Field(
+    baselines: list[Baseline] = Field(
         default_factory=lambda: ["most_popular", "recently_popular", "item_knn", "implicit_als", "implicit_bpr"],
         description="Baselines computed in the same run.",
     )

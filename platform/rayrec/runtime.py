@@ -32,6 +32,18 @@ def set_threads(threads: int = 1) -> None:
         pass
 
 
+# Ray Train's placement-group cleaner polls the State API, which needs the dashboard; a local Ray
+# runs without one (it costs a core's worth of start-up on 2 CPUs), so the cleaner warns every
+# few seconds that the API is unavailable. Nothing is wrong: the run cleans up its own group.
+NOISY_WORKER_LOGGERS = ("ray.train.v2._internal.execution.controller.placement_group_cleaner",)
+
+
+def quiet_worker_logs() -> None:
+    """Ray worker set-up hook: silence known-harmless warnings that would flood the driver's output."""
+    for name in NOISY_WORKER_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def init_ray(cfg: RayConfig | None = None) -> None:
     """Join the configured cluster, or start a local Ray; a no-op when Ray is already up."""
     import ray
@@ -40,7 +52,7 @@ def init_ray(cfg: RayConfig | None = None) -> None:
         return
     cfg = cfg or RayConfig()
     address = cfg.address or os.environ.get("RAY_ADDRESS")
-    runtime_env = {"env_vars": worker_env()}
+    runtime_env = {"env_vars": worker_env(), "worker_process_setup_hook": "rayrec.runtime.quiet_worker_logs"}
     if address:
         ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
         _quiet_ray_data()

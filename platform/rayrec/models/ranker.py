@@ -75,12 +75,12 @@ class Ranker(nn.Module):
             prev = w
         self.deep = nn.Sequential(*layers)
         self.head = nn.Linear(prev, len(HEADS))
-        pop = torch.as_tensor(items.popularity, dtype=torch.float32)
+        pop = torch.tensor(items.popularity, dtype=torch.float32)
         self.register_buffer("log_pop", torch.log1p(pop) / torch.log1p(pop.max()).clamp(min=1.0), persistent=False)
-        self.register_buffer("categories", torch.as_tensor(items.categories, dtype=torch.long), persistent=False)
-        self.register_buffer("brand", torch.as_tensor(items.brand, dtype=torch.long), persistent=False)
-        self.register_buffer("price_bucket", torch.as_tensor(items.price_bucket, dtype=torch.long), persistent=False)
-        self.register_buffer("log_price", torch.log(torch.as_tensor(items.price, dtype=torch.float32)), persistent=False)
+        self.register_buffer("categories", torch.tensor(items.categories, dtype=torch.long), persistent=False)
+        self.register_buffer("brand", torch.tensor(items.brand, dtype=torch.long), persistent=False)
+        self.register_buffer("price_bucket", torch.tensor(items.price_bucket, dtype=torch.long), persistent=False)
+        self.register_buffer("log_price", torch.log(torch.tensor(items.price, dtype=torch.float32)), persistent=False)
 
     def affinities(self, hist_items: torch.Tensor, hist_gaps_s: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
         """[B, C, N_DENSE - 1] user-item features from the raw history (all but the retrieval score)."""

@@ -66,10 +66,10 @@ class ItemTower(nn.Module):
         self.price_emb = nn.Embedding(spec.n_price_buckets, d, padding_idx=0)
         self.token_emb = nn.Embedding(spec.n_tokens, d, padding_idx=0)
         self.mlp = nn.Sequential(nn.Linear(5 * d, spec.hidden), nn.GELU(), nn.Linear(spec.hidden, d))
-        self.register_buffer("categories", torch.as_tensor(items.categories, dtype=torch.long), persistent=False)
-        self.register_buffer("brand", torch.as_tensor(items.brand, dtype=torch.long), persistent=False)
-        self.register_buffer("price_bucket", torch.as_tensor(items.price_bucket, dtype=torch.long), persistent=False)
-        self.register_buffer("title", torch.as_tensor(items.title, dtype=torch.long), persistent=False)
+        self.register_buffer("categories", torch.tensor(items.categories, dtype=torch.long), persistent=False)
+        self.register_buffer("brand", torch.tensor(items.brand, dtype=torch.long), persistent=False)
+        self.register_buffer("price_bucket", torch.tensor(items.price_bucket, dtype=torch.long), persistent=False)
+        self.register_buffer("title", torch.tensor(items.title, dtype=torch.long), persistent=False)
 
     def embed_content(self, id_vec: torch.Tensor, categories: torch.Tensor, brand: torch.Tensor,
                       price_bucket: torch.Tensor, title: torch.Tensor) -> torch.Tensor:

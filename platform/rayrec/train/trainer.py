@@ -48,25 +48,31 @@ def load_context(cfg: RayrecConfig, with_valid: bool = True) -> ModelContext:
     return ModelContext(cfg=cfg, manifest=manifest, items=items, valid=valid)
 
 
-def _retrieval_rows(table: pa.Table, length: int, min_stage: int, context_gap_s: float) -> dict[str, np.ndarray]:
-    """Train-split engagements with the target item, and the visit it happened in, blanked out of
-    the history.
+def _mask_own_visit(rows: dict[str, np.ndarray], context_gap_s: float) -> dict[str, np.ndarray]:
+    """Blank the target item, and the visit it happened in, out of each example's history.
 
     In a funnel log the click on an item follows a view of that same item seconds earlier; left
-    in, the model learns to copy the last viewed item, which scores nothing where the items to
-    find are the ones not yet seen. The rest of the same visit is dropped too (``context_gap_s``).
+    in, a model learns to copy the last viewed item (retrieval) or to score "just viewed" (ranker),
+    which is worth nothing where the items to find are the ones not yet seen. The rest of the same
+    visit is dropped too (``context_gap_s``), as evaluation and serving look from a later moment.
     """
-    mask = (table.column("split").to_numpy() == 0) & (table.column("stage").to_numpy() >= min_stage)
-    rows = example_inputs(table.filter(pa.array(mask)), length)
     own = (rows["hist_items"] == rows["item_idx"][:, None]) | (rows["hist_gaps_s"] < context_gap_s)
     for name in ("hist_items", "hist_types", "hist_gaps", "hist_gaps_s"):
         rows[name] = np.where(own, 0, rows[name]).astype(rows[name].dtype)
     return rows
 
 
-def _ranking_rows(table: pa.Table, length: int) -> dict[str, np.ndarray]:
+def _retrieval_rows(table: pa.Table, length: int, min_stage: int, context_gap_s: float) -> dict[str, np.ndarray]:
+    """Train-split engagements at ``min_stage`` or later, own visit masked."""
+    mask = (table.column("split").to_numpy() == 0) & (table.column("stage").to_numpy() >= min_stage)
+    return _mask_own_visit(example_inputs(table.filter(pa.array(mask)), length), context_gap_s)
+
+
+def _ranking_rows(table: pa.Table, length: int, context_gap_s: float) -> dict[str, np.ndarray]:
+    """Train-split ranking examples (positives and their negatives alike), own visit masked."""
     mask = table.column("split").to_numpy() == 0
-    return example_inputs(table.filter(pa.array(mask)), length, extra=RANKING_LABELS)
+    rows = example_inputs(table.filter(pa.array(mask)), length, extra=RANKING_LABELS)
+    return _mask_own_visit(rows, context_gap_s)
 
 
 def training_dataset(cfg: RayrecConfig, kind: str, history_length: int) -> Any:
@@ -82,7 +88,8 @@ def training_dataset(cfg: RayrecConfig, kind: str, history_length: int) -> Any:
                                          "context_gap_s": cfg.model.context_gap_s})
     ds = ray.data.read_parquet(str(processed / "ranking"), columns=[
         "item_idx", "user_idx", "split", "hist_items", "hist_types", "hist_gaps_s", *RANKING_LABELS])
-    return ds.map_batches(_ranking_rows, batch_format="pyarrow", fn_kwargs={"length": history_length})
+    return ds.map_batches(_ranking_rows, batch_format="pyarrow",
+                          fn_kwargs={"length": history_length, "context_gap_s": cfg.model.context_gap_s})
 
 
 def _worker(config: dict[str, Any]) -> None:

@@ -104,3 +104,12 @@ def test_all_baselines_evaluate(processed):
     df = evaluate(systems, s, ks=(1, 3))
     assert len(df) == 5 and df["system"].is_unique
     assert df[[c for c in df.columns if "@" in c or c == "mrr"]].apply(lambda c: c.between(0, 1)).all().all()
+
+
+def test_every_configurable_baseline_is_runnable():
+    from typing import get_args
+
+    from rayrec.config import Baseline
+    from rayrec.train.offline import BASELINES
+
+    assert set(BASELINES) == set(get_args(Baseline))
