@@ -27,7 +27,8 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (see configs/).")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override: section.key=value (repeatable).")]
 SMOKE_OVERRIDES = ["generate.scale=tiny", "preprocess.min_user_events=2", "preprocess.min_item_events=2",
-                   "train.epochs=1", "train.ranker_epochs=1", "train.batch_size=128"]
+                   "train.epochs=1", "train.ranker_epochs=1", "train.batch_size=128", "tune.num_samples=2",
+                   "tune.eval_users=200"]
 
 
 def _fail(message: str) -> typer.Exit:
@@ -228,12 +229,82 @@ def _run_evaluation(cfg: RayrecConfig, split: str = "test") -> None:
 
 
 @app.command()
+def compress(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Shrink, prune, fine-tune and (optionally) int8-quantize the trained ranker; dense vs compressed."""
+    cfg = _config(config, set_)
+    _run_compression(cfg)
+
+
+def _run_compression(cfg: RayrecConfig) -> dict[str, Any]:
+    from rayrec.compress.pipeline import run_compression
+    from rayrec.runtime import init_ray
+    from rayrec.train.trainer import load_context
+
+    c = cfg.compress
+    console.print(f"[bold]compressing the ranker[/]: deep {c.deep:.0%}, cross rank {c.cross_rank:.0%}, "
+                  f"embedding dim {c.embedding_dim:.0%} (structured), sparsity {c.sparsity:.0%} (unstructured), "
+                  f"int8 {'on' if c.quantize else 'off'}, {c.finetune_epochs} fine-tuning epoch(s)")
+    with _user_facing_errors():
+        init_ray(cfg.ray)
+        result = run_compression(load_context(cfg), Path(cfg.train.out_dir))
+    out = Table(title="ranker: dense vs compressed (validation, CPU scoring with 1 thread)")
+    for col in ("model", "ndcg@20", "recall@20", "p50 ms", "p99 ms", "size MB", "parameters", "nonzero"):
+        out.add_column(col, justify="left" if col == "model" else "right")
+    for name in ("dense", "compressed"):
+        m = result[name]
+        out.add_row(name, f"{m['valid_ndcg@20']:.4f}", f"{m['valid_recall@20']:.4f}", f"{m['p50_ms']:.2f}",
+                    f"{m['p99_ms']:.2f}", f"{m['size_bytes'] / 1e6:.2f}", f"{m['parameters']:,.0f}",
+                    f"{m['nonzero_parameters']:,.0f}")
+    console.print(out)
+    console.print(f"bundle: {result['bundle']}")
+    return result
+
+
+@app.command()
+def tune(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the experiment in tune.out_dir.")] = False,
+) -> None:
+    """Ray Tune over training and compression settings: Pareto front, report, chosen config."""
+    cfg = _config(config, set_)
+    _run_tune(cfg, resume)
+
+
+def _run_tune(cfg: RayrecConfig, resume: bool = False) -> None:
+    from rayrec.runtime import init_ray
+    from rayrec.tune.runner import run_tune
+
+    t = cfg.tune
+    console.print(f"[bold]tuning[/] {len(t.space)} dimension(s), {t.num_samples} trials, {t.max_concurrent} at once, "
+                  f"{t.epochs} ranker epoch(s) each + compression")
+    with _user_facing_errors():
+        init_ray(cfg.ray)
+        with console.status("running trials (Ray Tune + Optuna TPE, ASHA)"):
+            outcome = run_tune(cfg, resume)
+    out = Table(title="Pareto front (validation NDCG@20 vs p99 ranker latency)")
+    for col in ("trial", "ndcg@20", "p99 ms", "size KB", "settings"):
+        out.add_column(col, justify="left" if col in ("trial", "settings") else "right")
+    for r in outcome.front:
+        out.add_row(r.trial + (" ★" if r is outcome.chosen else ""), f"{r.value('valid_ndcg@20'):.4f}",
+                    f"{r.value('p99_ms'):.2f}", f"{r.value('size_bytes') / 1024:.0f}",
+                    ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.params.items()))
+    console.print(out)
+    if not outcome.within_budget:
+        console.print("[yellow]no trial met the latency/size budgets; chose the best completed trial[/]")
+    console.print(f"report {outcome.report_md}, plot {outcome.pareto_png}, chosen config {outcome.chosen_yaml}")
+
+
+@app.command()
 def run(
     config: ConfigOpt = Path("configs/demo.yaml"),
     set_: SetOpt = None,
     smoke: Annotated[bool, typer.Option("--smoke", help="Tiny data, exits quickly (CI and a first look).")] = False,
+    with_tune: Annotated[bool, typer.Option("--tune", help="Also compress the ranker and run the config's "
+                                            "small Ray Tune search (minutes more).")] = False,
 ) -> None:
-    """The main job end to end: generate (synthetic configs) → preprocess → train → evaluate."""
+    """The main job end to end: generate (synthetic configs) → preprocess → train → evaluate
+    [→ compress → tune]."""
     cfg = _config(config, [*(SMOKE_OVERRIDES if smoke else []), *(set_ or [])])
     if cfg.generate is not None:
         _run_generate(cfg)
@@ -241,6 +312,9 @@ def run(
     print_preprocess_summary(manifest)
     _run_training(cfg)
     _run_evaluation(cfg)
+    if with_tune:
+        _run_compression(cfg)
+        _run_tune(cfg)
     console.print(f"[bold green]done[/]: data in {cfg.preprocess.out_dir}, models and report in {cfg.train.out_dir}")
 
 

@@ -135,8 +135,57 @@ class RankerConfig(Section):
     cross_rank: int = Field(32, ge=1, description="Rank of the low-rank cross weight matrices.")
     deep_layers: list[int] = Field(default_factory=lambda: [128, 64], description="Widths of the deep tower.")
     hard_negatives: int = Field(2, ge=0, description="Negatives per positive drawn from the retrieval model's top-K.")
+    viewed_negatives: bool = Field(True, description="Train on viewed-but-not-clicked items as negatives "
+                                   "(false: only random and hard negatives).")
     hard_negative_pool: int = Field(50, ge=1, description="K of the retrieval top-K that hard negatives come from.")
     purchase_weight: float = Field(0.5, ge=0, description="Weight of P(purchase) added to P(click) in the score.")
+
+
+class CompressConfig(Section):
+    deep: float = Field(0.0, ge=0, lt=1, description="Structured: share of the ranker's deep hidden units removed "
+                        "(tensors shrink).")
+    cross_rank: float = Field(0.0, ge=0, lt=1, description="Structured: share of each cross layer's rank removed.")
+    embedding_dim: float = Field(0.0, ge=0, lt=1, description="Structured: share of the ranker's categorical "
+                                 "embedding dimensions removed.")
+    sparsity: float = Field(0.0, ge=0, lt=1, description="Unstructured: final share of zeroed weights "
+                            "(magnitude, cubic schedule over fine-tuning); zeroes weights, shrinks nothing.")
+    quantize: bool = Field(False, description="int8 dynamic quantization of the ranker's Linear layers at load.")
+    finetune_epochs: int = Field(1, ge=0, description="Fine-tuning epochs after pruning (0: none).")
+    finetune_lr: float = Field(5e-4, gt=0, description="Learning rate of the fine-tuning.")
+    latency_candidates: int = Field(100, ge=1, description="Candidates per request when timing ranker scoring.")
+    out_dir: str | None = Field(None, description="Compressed ranker bundle (null: <train.out_dir>/ranker_compressed).")
+
+
+class SearchDimension(Section):
+    type: Literal["loguniform", "uniform", "int", "choice"] = Field(description="Distribution of the dimension.")
+    low: float | None = Field(None, description="Lower bound (loguniform, uniform, int).")
+    high: float | None = Field(None, description="Upper bound, inclusive for int.")
+    values: list[Any] | None = Field(None, description="Options (choice).")
+
+    @model_validator(mode="after")
+    def _complete(self) -> "SearchDimension":
+        if self.type == "choice" and not self.values:
+            raise ValueError("a 'choice' dimension needs a non-empty 'values' list")
+        if self.type != "choice" and (self.low is None or self.high is None or self.low > self.high):
+            raise ValueError(f"a '{self.type}' dimension needs 'low' <= 'high'")
+        return self
+
+
+class TuneConfig(Section):
+    space: dict[str, SearchDimension] = Field(
+        default_factory=dict, description="Dotted config key (e.g. 'ranker.cross_rank', 'compress.deep') -> "
+        "its search dimension. Keys under 'model.' retrain retrieval per trial; others reuse one retrieval model.")
+    num_samples: int = Field(8, ge=1, description="Trials.")
+    max_concurrent: int = Field(1, ge=1, description="Trials running at once.")
+    resources_per_trial: dict[str, float] = Field(default_factory=lambda: {"CPU": 1},
+                                                  description="Ray resources per trial; fractional GPU allowed.")
+    epochs: int = Field(2, ge=1, description="Ranker epochs per trial (ASHA's max_t, before compression).")
+    grace_period: int = Field(1, ge=1, description="ASHA: epochs every trial gets before it can be stopped.")
+    latency_budget_ms: float | None = Field(None, gt=0, description="Choice rule: p99 scoring latency limit.")
+    size_budget_bytes: int | None = Field(None, gt=0, description="Choice rule: ranker size limit.")
+    eval_users: int = Field(1000, ge=1, description="Validation users scored per trial report.")
+    seed: int = Field(0, description="Seed of the Optuna sampler.")
+    out_dir: str | None = Field(None, description="Experiment, report and chosen config (null: <train.out_dir>/tune).")
 
 
 class TrainConfig(Section):
@@ -153,6 +202,9 @@ class TrainConfig(Section):
         default_factory=lambda: {"CPU": 1}, description="Ray resources per worker; fractional GPU allowed."
     )
     max_failures: int = Field(2, ge=0, description="Worker failures tolerated; training resumes from the last checkpoint.")
+    materialize_data: bool = Field(True, description="Materialise the training examples once before training "
+                                   "(object store, spills to disk) instead of re-reading them every epoch; needed "
+                                   "when the workers hold every CPU.")
     threads_per_worker: int = Field(1, ge=1, description="torch/OMP threads per worker.")
     eval_users: int = Field(2000, ge=1, description="Validation users scored each epoch (full ranking).")
     seed: int = Field(0, description="Seed of model initialisation and shuffling.")
@@ -192,6 +244,8 @@ class RayrecConfig(Section):
     ranker: RankerConfig = Field(default_factory=RankerConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    compress: CompressConfig = Field(default_factory=CompressConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
@@ -214,7 +268,7 @@ def _describe(error: ValidationError) -> str:
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 
-def _set_dotted(data: dict[str, Any], dotted: str, raw_value: str) -> None:
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     node = data
     for k in keys[:-1]:
@@ -224,7 +278,7 @@ def _set_dotted(data: dict[str, Any], dotted: str, raw_value: str) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"--set {dotted}: '{k}' is a value, not a section")
         node = child
-    node[keys[-1]] = yaml.safe_load(raw_value) if raw_value != "" else ""
+    node[keys[-1]] = value
 
 
 def parse_overrides(overrides: list[str]) -> list[tuple[str, str]]:
@@ -252,6 +306,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{p}: the top level must be a mapping of sections")
         data = loaded or {}
     for key, value in parse_overrides(overrides or []):
+        _set_dotted(data, key, yaml.safe_load(value) if value != "" else "")
+    try:
+        return RayrecConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_describe(e)) from None
+
+
+def with_values(cfg: RayrecConfig, values: dict[str, Any]) -> RayrecConfig:
+    """``cfg`` with dotted keys set to Python values (a tuning trial's sample), validated again."""
+    data = cfg.model_dump(mode="json", by_alias=True)
+    for key, value in values.items():
         _set_dotted(data, key, value)
     try:
         return RayrecConfig.model_validate(data)

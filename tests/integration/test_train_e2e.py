@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from rayrec.artifacts import ArtifactError, load_bundle
-from rayrec.config import load_config
+from rayrec.config import load_config, with_values
 from rayrec.data.preprocess import run_preprocess
 from rayrec.data.synthetic import generate
 from rayrec.train.offline import run_evaluation
@@ -31,7 +31,8 @@ def trained(tmp_path_factory, ray_local):
     ])  # fmt: skip
     run_preprocess(cfg)
     ctx = load_context(cfg)
-    fault = {"epoch": 1, "after_batches": 2, "marker": str(root / "killed"), "epoch_log": str(root / "epochs.log")}
+    fault = {"epoch": 1, "after_batches": 2, "marker": str(root / "killed"), "epoch_log": str(root / "epochs.log"),
+             "delay_s": 5}
     retrieval = run_training(cfg, "two_tower", ctx, fault=fault)
     ranker = run_training(cfg, "ranker", ctx, retrieval_dir=retrieval.bundle)
     return root, cfg, ctx, retrieval, ranker
@@ -71,3 +72,50 @@ def test_evaluation_reports_every_system_on_the_same_split(trained, tmp_path):
         assert table[col].between(0, 1).all(), col
     report = json.loads(Path(info["paths"]["json"]).read_text())
     assert len(report["rows"]) == 7 and Path(info["paths"]["png"]).stat().st_size > 0
+
+
+def test_compression_shrinks_prunes_quantizes_and_is_measured(trained, tmp_path):
+    from rayrec.artifacts import read_meta
+    from rayrec.compress.bundle import load_compressed_ranker
+    from rayrec.compress.pipeline import run_compression
+    from rayrec.compress.quantize import is_quantized
+
+    root, cfg, _, _, ranker = trained
+    cfg = cfg.model_copy(update={"compress": cfg.compress.model_copy(update={
+        "deep": 0.5, "cross_rank": 0.5, "embedding_dim": 0.25, "sparsity": 0.5, "quantize": True,
+        "finetune_epochs": 1})})
+    ctx = load_context(cfg)
+    result = run_compression(ctx, root / "runs", tmp_path / "compressed")
+    dense, small = result["dense"], result["compressed"]
+    assert small["parameters"] < 0.6 * dense["parameters"]  # structured: tensors really shrank
+    assert small["nonzero_parameters"] < small["parameters"]  # unstructured zeros on top
+    assert small["size_bytes"] < 0.5 * dense["size_bytes"]  # shrink + int8
+    assert 0 <= small["valid_ndcg@20"] <= 1 and small["p99_ms"] > 0
+    meta = read_meta(tmp_path / "compressed")
+    spec, dense_spec = meta["spec"], read_meta(ranker.bundle)["spec"]
+    assert spec["cross_rank"] < dense_spec["cross_rank"] and spec["dim"] < dense_spec["dim"]
+    assert meta["compression"]["quantization"] == "int8_dynamic"
+    assert meta["compression"]["unstructured"]["kind"] == "unstructured"
+    assert is_quantized(load_compressed_ranker(tmp_path / "compressed", ctx.items, ctx.vocab_fingerprint))
+
+
+def test_a_tiny_tune_runs_through_ray_tune_and_resumes(trained, tmp_path):
+    from rayrec.tune.runner import run_tune
+
+    _, cfg, _, _, _ = trained
+    cfg = with_values(cfg, {
+        "tune.space": {"ranker.cross_rank": {"type": "int", "low": 4, "high": 16},
+                       "compress.deep": {"type": "uniform", "low": 0.0, "high": 0.5},
+                       "compress.quantize": {"type": "choice", "values": [True, False]}},
+        "tune.num_samples": 2, "tune.epochs": 1, "tune.eval_users": 50, "tune.out_dir": str(tmp_path),
+        "compress.finetune_epochs": 1, "compress.sparsity": 0.3,
+    })  # fmt: skip
+    outcome = run_tune(cfg)
+    assert len(outcome.rows) == 2 and all(r.error is None for r in outcome.rows)
+    for r in outcome.rows:  # every trial reports quality, latency and size together
+        assert {"valid_ndcg@20", "valid_recall@20", "p99_ms", "size_bytes"} <= set(r.metrics)
+    assert outcome.front and outcome.pareto_png.stat().st_size > 0 and "chosen" in outcome.report_md.read_text()
+    chosen = load_config(outcome.chosen_yaml)
+    assert chosen.ranker.cross_rank == outcome.chosen.params["ranker.cross_rank"]
+    again = run_tune(cfg, resume=True)  # Tuner.restore: the finished trials are kept, not rerun
+    assert sorted(r.trial for r in again.rows) == sorted(r.trial for r in outcome.rows)

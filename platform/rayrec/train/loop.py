@@ -29,7 +29,7 @@ from rayrec.models.losses import in_batch_softmax_loss, multi_task_bce
 from rayrec.models.ranker import Ranker, RankerSpec
 from rayrec.models.two_tower import TwoTowerModel, TwoTowerSpec
 from rayrec.train.evaluate import EvalSplit
-from rayrec.train.systems import retrieval_metrics
+from rayrec.train.systems import retrieval_metrics, two_stage_metrics
 
 Batch = dict[str, torch.Tensor]
 METRICS_CSV = "metrics.csv"
@@ -45,7 +45,7 @@ class LoopIO:
     rank: int = 0
     wrap_model: Callable[[nn.Module], nn.Module] = lambda m: m
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    fault: dict[str, Any] | None = None  # test-only: {"epoch": e, "after_batches": n, "marker": path}
+    fault: dict[str, Any] | None = None  # test-only: {"epoch", "after_batches", "marker", "delay_s", "epoch_log"}
     autocast: bool = False  # bf16 autocast on GPU
 
     def precision(self) -> Any:
@@ -104,6 +104,10 @@ def _maybe_inject_fault(io: LoopIO, epoch: int, batch_no: int) -> None:
     if marker.exists():
         return
     marker.write_text(str(os.getpid()))
+    # Ray Train's controller collects a worker's reports when it polls (every 2 s by default); a
+    # worker dying before the poll after its last report loses that checkpoint, so a realistic
+    # crash "some seconds into the epoch" waits here first.
+    time.sleep(float(f.get("delay_s", 0)))
     os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -207,7 +211,20 @@ def load_two_tower(ctx: ModelContext, directory: Path) -> TwoTowerModel:
     return model.eval()
 
 
-def train_ranker(ctx: ModelContext, io: LoopIO, retrieval_dir: Path) -> None:
+@dataclass
+class RankerStart:
+    """A ranker run that fine-tunes a given model (e.g. a structurally pruned one) instead of
+    training a fresh one: its epochs and learning rate, a hook after every optimizer step (gradual
+    pruning) and what to add to the bundle's metadata."""
+
+    model: Ranker
+    epochs: int
+    lr: float
+    on_step: Callable[[], None] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def train_ranker(ctx: ModelContext, io: LoopIO, retrieval_dir: Path, begin: RankerStart | None = None) -> None:
     """BCE on ranking examples plus hard negatives mined on the fly from the retrieval top-K."""
     cfg, r = ctx.cfg, ctx.cfg.ranker
     torch.manual_seed(cfg.train.seed + 100 + io.rank)
@@ -215,15 +232,15 @@ def train_ranker(ctx: ModelContext, io: LoopIO, retrieval_dir: Path) -> None:
     for p in retrieval.parameters():
         p.requires_grad_(False)
     item_vecs = retrieval.all_item_embeddings()
-    spec = ranker_spec(ctx)
-    model = Ranker(spec, ctx.items).to(io.device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    model = (begin.model if begin else Ranker(ranker_spec(ctx), ctx.items)).to(io.device)
+    epochs, lr = (begin.epochs, begin.lr) if begin else (cfg.train.ranker_epochs, cfg.train.lr)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.train.weight_decay)
     start, history = _resume(io, model, optimizer, "ranker", ctx.vocab_fingerprint)
     wrapped = io.wrap_model(model)
-    meta = {"kind": "ranker", "spec": spec.to_dict(), "vocab_fingerprint": ctx.vocab_fingerprint,
+    meta = {"kind": "ranker", "spec": model.spec.to_dict(), "vocab_fingerprint": ctx.vocab_fingerprint,
             "retrieval_weights_sha256": read_meta(retrieval_dir)["weights_sha256"],
-            "config": cfg.model_dump(mode="json", by_alias=True)}
-    for epoch in range(start, cfg.train.ranker_epochs):
+            "config": cfg.model_dump(mode="json", by_alias=True), **(begin.meta if begin else {})}
+    for epoch in range(start, epochs):
         _log_epoch_start(io, epoch)
         model.train()
         losses, seen, t0 = [], 0, time.perf_counter()
@@ -241,10 +258,15 @@ def train_ranker(ctx: ModelContext, io: LoopIO, retrieval_dir: Path) -> None:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if begin and begin.on_step:
+                begin.on_step()
             losses.append(loss.item())
             seen += cand.numel()
         metrics = {"epoch": float(epoch), "loss": float(np.mean(losses)) if losses else float("nan"),
                    "samples_per_s": seen / max(time.perf_counter() - t0, 1e-9)}
+        if io.rank == 0 and ctx.valid is not None:
+            metrics.update(two_stage_metrics(retrieval, model, ctx.valid, cfg.train.eval_users, (20, 50),
+                                             cfg.evaluate.exclude_seen, cfg.evaluate.candidates, r.purchase_weight))
         _end_epoch(io, model, optimizer, meta, history, metrics)
 
 

@@ -89,11 +89,25 @@ class TwoStageRecommender:
 def retrieval_metrics(model: TwoTowerModel, split: EvalSplit, max_users: int, ks: Sequence[int],
                       exclude_seen: bool) -> dict[str, float]:
     """Validation Recall@K / NDCG@K on (a deterministic subset of) the split's users."""
+    return validation_metrics(TwoTowerRecommender(model), [model], split, max_users, ks, exclude_seen)
+
+
+def two_stage_metrics(retrieval: TwoTowerModel, ranker: Ranker, split: EvalSplit, max_users: int,
+                      ks: Sequence[int], exclude_seen: bool, candidates: int,
+                      purchase_weight: float) -> dict[str, float]:
+    """Validation Recall@K / NDCG@K of retrieval followed by ``ranker``."""
+    system = TwoStageRecommender(retrieval, ranker, candidates, purchase_weight)
+    return validation_metrics(system, [retrieval, ranker], split, max_users, ks, exclude_seen)
+
+
+def validation_metrics(system: TwoTowerRecommender | TwoStageRecommender, models: Sequence[torch.nn.Module],
+                       split: EvalSplit, max_users: int, ks: Sequence[int], exclude_seen: bool) -> dict[str, float]:
     if len(split.users) > max_users:
         split = subset_users(split, np.linspace(0, len(split.users) - 1, max_users).astype(int))
-    was_training = model.training
-    top = TwoTowerRecommender(model).recommend(split, max(ks), exclude_seen)
-    model.train(was_training)
+    modes = [m.training for m in models]
+    top = system.recommend(split, max(ks), exclude_seen)
+    for m, mode in zip(models, modes):
+        m.train(mode)
     m = ranking_metrics(top, split.targets, ks=ks)
     return {f"valid_{name}": float(m[name]) for k in ks for name in (f"recall@{k}", f"ndcg@{k}")}
 

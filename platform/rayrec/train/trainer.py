@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from rayrec.config import RayrecConfig
+from rayrec.config import ConfigError, RayrecConfig
 from rayrec.features.batches import example_inputs
 from rayrec.features.items import ItemFeatureTable
 from rayrec.runtime import set_threads
@@ -68,9 +69,11 @@ def _retrieval_rows(table: pa.Table, length: int, min_stage: int, context_gap_s:
     return _mask_own_visit(example_inputs(table.filter(pa.array(mask)), length), context_gap_s)
 
 
-def _ranking_rows(table: pa.Table, length: int, context_gap_s: float) -> dict[str, np.ndarray]:
+def _ranking_rows(table: pa.Table, length: int, context_gap_s: float, viewed_negatives: bool) -> dict[str, np.ndarray]:
     """Train-split ranking examples (positives and their negatives alike), own visit masked."""
     mask = table.column("split").to_numpy() == 0
+    if not viewed_negatives:
+        mask &= table.column("negative").to_numpy(zero_copy_only=False) != "viewed"
     rows = example_inputs(table.filter(pa.array(mask)), length, extra=RANKING_LABELS)
     return _mask_own_visit(rows, context_gap_s)
 
@@ -87,9 +90,10 @@ def training_dataset(cfg: RayrecConfig, kind: str, history_length: int) -> Any:
                               fn_kwargs={"length": history_length, "min_stage": cfg.model.train_min_stage,
                                          "context_gap_s": cfg.model.context_gap_s})
     ds = ray.data.read_parquet(str(processed / "ranking"), columns=[
-        "item_idx", "user_idx", "split", "hist_items", "hist_types", "hist_gaps_s", *RANKING_LABELS])
+        "item_idx", "user_idx", "split", "negative", "hist_items", "hist_types", "hist_gaps_s", *RANKING_LABELS])
     return ds.map_batches(_ranking_rows, batch_format="pyarrow",
-                          fn_kwargs={"length": history_length, "context_gap_s": cfg.model.context_gap_s})
+                          fn_kwargs={"length": history_length, "context_gap_s": cfg.model.context_gap_s,
+                                     "viewed_negatives": cfg.ranker.viewed_negatives})
 
 
 def _worker(config: dict[str, Any]) -> None:
@@ -135,6 +139,27 @@ def _without_valid(ctx: ModelContext) -> ModelContext:
     return ModelContext(cfg=ctx.cfg, manifest=ctx.manifest, items=ctx.items, valid=None)
 
 
+def _train_data(cfg: RayrecConfig, kind: str, history_length: int) -> Any:
+    """The training dataset, materialised up front unless ``train.materialize_data`` is off.
+
+    Streaming re-runs the read and transform every epoch on CPUs the workers do not hold; when the
+    workers hold every CPU (2 workers on 2 cores) that work can never be scheduled and training
+    would hang, so streaming is refused there with the fix named.
+    """
+    import ray
+
+    ds = training_dataset(cfg, kind, history_length)
+    if cfg.train.materialize_data:
+        return ds.materialize()
+    t = cfg.train
+    spare = ray.cluster_resources().get("CPU", 0) - t.num_workers * t.resources_per_worker.get("CPU", 1)
+    if spare < 1:
+        raise ConfigError(f"train.materialize_data=false streams data on spare CPUs, but the {t.num_workers} "
+                          f"workers hold all of them ({spare:g} left): set train.materialize_data=true or "
+                          "lower train.num_workers / train.resources_per_worker.CPU")
+    return ds
+
+
 def run_training(cfg: RayrecConfig, kind: str, ctx: ModelContext | None = None,
                  retrieval_dir: Path | None = None, fault: dict[str, Any] | None = None) -> TrainedModel:
     """Trains one model (``two_tower`` or ``ranker``) with Ray Train; returns its bundle."""
@@ -156,7 +181,7 @@ def run_training(cfg: RayrecConfig, kind: str, ctx: ModelContext | None = None,
         run_config=RunConfig(name=name, storage_path=str(storage),
                              failure_config=FailureConfig(max_failures=t.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
-        datasets={"train": training_dataset(cfg, kind, ctx.manifest["history_length"])},
+        datasets={"train": _train_data(cfg, kind, ctx.manifest["history_length"])},
     )
     result = trainer.fit()
     if result.checkpoint is None:
@@ -173,20 +198,33 @@ def run_training(cfg: RayrecConfig, kind: str, ctx: ModelContext | None = None,
 
 def single_process_io(dataset: Any, batch_size: int, seed: int) -> LoopIO:
     """A ``LoopIO`` that iterates a materialised dataset in this process (no Ray Train)."""
+    return arrays_io(materialize(dataset), batch_size, seed)
+
+
+def materialize(dataset: Any) -> dict[str, np.ndarray]:
+    """A Ray Dataset's columns as whole numpy arrays in this process."""
+    return {k: np.concatenate(v) for k, v in _collect(dataset).items()}
+
+
+def arrays_io(arrays: dict[str, np.ndarray], batch_size: int, seed: int) -> LoopIO:
+    """A ``LoopIO`` over in-memory columns: a fresh shuffle per epoch, full batches only."""
     import torch
 
-    arrays = {k: torch.as_tensor(np.concatenate(v)) for k, v in _collect(dataset).items()}
-    n = len(next(iter(arrays.values())))
+    with warnings.catch_warnings():  # arrays from Ray's object store are read-only; batches are copies
+        warnings.filterwarnings("ignore", message=".*not writable.*")
+        tensors = {k: torch.as_tensor(v) for k, v in arrays.items()}
+    n = len(next(iter(tensors.values())))
     reports: list[dict[str, float]] = []
 
     def batches(epoch: int):
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
         for lo in range(0, n - batch_size + 1, batch_size):
             idx = order[lo:lo + batch_size]
-            yield {k: v[idx] for k, v in arrays.items()}
+            yield {k: v[idx] for k, v in tensors.items()}
 
     io = LoopIO(batches=batches, report=lambda m, folder: reports.append(m))
     io.reports = reports  # type: ignore[attr-defined]
+    io.steps_per_epoch = n // batch_size  # type: ignore[attr-defined]
     return io
 
 

@@ -1,0 +1,129 @@
+"""Compression benchmark: the dense ranker vs structurally pruned (several ratios) vs pruned + int8
+vs unstructured-only, on quality (validation NDCG@20 / Recall@20 of retrieval + ranker), CPU scoring
+latency (p50/p99 per request, 1 thread) and size, in one run per dataset.
+
+Reuses the models `benchmarks/quality.py` trained (benchmarks/results/quality/<dataset>/); run that
+first. Every variant is fine-tuned for the same epochs from the same dense model and saved as a
+normal bundle. Prints a table per dataset, writes benchmarks/results/compression.json and a
+quality-vs-latency PNG per dataset.
+
+    python benchmarks/compression.py [--datasets demo,movielens-100k] [--finetune-epochs 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from rayrec.compress.bundle import load_compressed_ranker
+from rayrec.compress.pipeline import compress_ranker, measure_ranker, ranker_batches
+from rayrec.config import load_config, with_values
+from rayrec.runtime import init_ray, set_threads
+from rayrec.train.offline import load_ranker
+from rayrec.train.trainer import load_context
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+CONFIGS = {"demo": "demo.yaml", "movielens-100k": "movielens-100k.yaml", "online-retail": "online-retail.yaml"}
+# name -> compress.* settings (structured ratios apply to deep units, cross rank and embedding dims)
+VARIANTS: dict[str, dict[str, object]] = {
+    "dense + same fine-tuning": {},  # separates the effect of the extra epoch from that of compression
+    "structured 25%": {"deep": 0.25, "cross_rank": 0.25, "embedding_dim": 0.25},
+    "structured 50%": {"deep": 0.5, "cross_rank": 0.5, "embedding_dim": 0.5},
+    "structured 75%": {"deep": 0.75, "cross_rank": 0.75, "embedding_dim": 0.75},
+    "structured 50% + int8": {"deep": 0.5, "cross_rank": 0.5, "embedding_dim": 0.5, "quantize": True},
+    "structured 50% + 50% sparse + int8": {"deep": 0.5, "cross_rank": 0.5, "embedding_dim": 0.5, "sparsity": 0.5,
+                                           "quantize": True},
+    "unstructured 50% only": {"sparsity": 0.5},
+    "int8 only": {"quantize": True},
+}
+NEUTRAL = {"deep": 0.0, "cross_rank": 0.0, "embedding_dim": 0.0, "sparsity": 0.0, "quantize": False}
+console = Console(width=200)
+
+
+def run_dataset(name: str, finetune_epochs: int) -> list[dict]:
+    work = RESULTS / "quality" / name
+    models = work / "runs"
+    if not (models / "ranker" / "meta.json").exists():
+        raise SystemExit(f"{models}: no trained ranker; run `python benchmarks/quality.py --datasets {name}` first")
+    cfg = load_config(REPO / "configs" / CONFIGS[name], [f"preprocess.out_dir={work / 'processed'}",
+                                                         f"train.out_dir={models}", "train.eval_users=100000"])
+    ctx = load_context(cfg)
+    retrieval = models / "two_tower"
+    c = cfg.compress
+    batches = ranker_batches(ctx)
+    set_threads(2)
+    rows = [{"variant": "dense", **measure_ranker(ctx, retrieval, load_ranker(ctx, models / "ranker"),
+                                                  cfg.train.eval_users, c.latency_candidates).flat()}]
+    for variant, settings in VARIANTS.items():
+        vcfg = with_values(cfg, {f"compress.{k}": v for k, v in {**NEUTRAL, **settings,
+                                                                  "finetune_epochs": finetune_epochs}.items()})
+        vctx = load_context(vcfg)
+        console.log(f"{name}: {variant}")
+        out = work / "compressed" / variant.replace(" ", "_").replace("%", "pct").replace("+", "plus")
+        bundle = compress_ranker(vctx, retrieval, load_ranker(vctx, models / "ranker"), batches,
+                                 int(batches.steps_per_epoch), out, vcfg.compress)  # type: ignore[attr-defined]
+        small = load_compressed_ranker(bundle, ctx.items, ctx.vocab_fingerprint)
+        rows.append({"variant": variant, **measure_ranker(vctx, retrieval, small, cfg.train.eval_users,
+                                                          c.latency_candidates).flat()})
+    return rows
+
+
+def print_table(name: str, rows: list[dict]) -> None:
+    dense = rows[0]
+    t = Table(title=f"{name}: ranker compression (validation, all users; CPU scoring of 100 candidates, 1 thread)")
+    for col in ("variant", "params", "nonzero", "size KB", "ndcg@20", "Δ ndcg", "recall@20", "p50 ms", "p99 ms",
+                "Δ p50", "Δ size", "Δ params"):
+        t.add_column(col, justify="left" if col == "variant" else "right")
+    for r in rows:
+        t.add_row(r["variant"], f"{r['parameters']:,.0f}", f"{r['nonzero_parameters']:,.0f}",
+                  f"{r['size_bytes'] / 1024:,.0f}", f"{r['valid_ndcg@20']:.4f}",
+                  f"{r['valid_ndcg@20'] / dense['valid_ndcg@20'] - 1:+.1%}", f"{r['valid_recall@20']:.4f}",
+                  f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['p50_ms'] / dense['p50_ms'] - 1:+.0%}",
+                  f"{r['size_bytes'] / dense['size_bytes'] - 1:+.0%}",
+                  f"{r['nonzero_parameters'] / dense['parameters'] - 1:+.0%}")
+    console.print(t)
+
+
+def plot(name: str, rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    biggest = max(r["size_bytes"] for r in rows)
+    for r in rows:
+        ax.scatter(r["p50_ms"], r["valid_ndcg@20"], s=400 * r["size_bytes"] / biggest, alpha=0.6)
+        ax.annotate(r["variant"], (r["p50_ms"], r["valid_ndcg@20"]), fontsize=7)
+    ax.set_xlabel("p50 ms per request (100 candidates, CPU, 1 thread)")
+    ax.set_ylabel("validation NDCG@20")
+    ax.set_title(f"{name}: ranker compression (area ∝ size)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", default="demo,movielens-100k")
+    parser.add_argument("--finetune-epochs", type=int, default=1)
+    args = parser.parse_args()
+    init_ray()
+    results = {}
+    for name in args.datasets.split(","):
+        rows = run_dataset(name, args.finetune_epochs)
+        print_table(name, rows)
+        plot(name, rows, RESULTS / f"compression_{name}.png")
+        results[name] = rows
+    (RESULTS / "compression.json").write_text(json.dumps({"finetune_epochs": args.finetune_epochs,
+                                                          "results": results}, indent=2))
+    console.print(f"wrote {RESULTS / 'compression.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""What a compression trial is judged on besides quality: parameter counts, serialized size and the
+CPU latency of scoring one request; shared by Ray Tune trials and the compression benchmark.
+
+All three work on float, pruned (masked or made permanent), shrunk and int8-quantized models alike.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+
+import numpy as np
+import torch
+from torch import nn
+from torch.ao.nn.quantized.dynamic import Linear as QuantizedLinear
+
+from rayrec.models.ranker import Ranker, RankerSpec
+
+RankerRequest = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _module_tensors(module: nn.Module) -> list[torch.Tensor]:
+    """The weights ``module`` itself holds, as the forward pass sees them."""
+    tensors = []
+    for name, p in module.named_parameters(recurse=False):
+        mask = getattr(module, name[: -len("_orig")] + "_mask", None) if name.endswith("_orig") else None
+        tensors.append(p.detach() if mask is None else p.detach() * mask)
+    if isinstance(module, QuantizedLinear):  # packed int8 weights are not Parameters
+        tensors.append(module.weight().dequantize())
+        if module.bias() is not None:
+            tensors.append(module.bias().detach())
+    return tensors
+
+
+def parameter_count(model: nn.Module) -> dict[str, int]:
+    """``{"total": n, "nonzero": k}`` over every weight and bias (a shared module counted once);
+    unstructured pruning lowers ``nonzero`` only, structured shrinking lowers both."""
+    total = nonzero = 0
+    for module in model.modules():
+        for t in _module_tensors(module):
+            total += t.numel()
+            nonzero += int(torch.count_nonzero(t))
+    return {"total": total, "nonzero": nonzero}
+
+
+def model_size_bytes(model: nn.Module) -> int:
+    """Bytes of ``torch.save(model.state_dict())``: int8 weights count one byte each. Dense storage, so
+    zeroed weights cost as much as any other (and a model still carrying pruning masks stores both
+    ``weight_orig`` and ``weight_mask``: measure after ``make_permanent``)."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getbuffer().nbytes
+
+
+def random_request(spec: RankerSpec, n_candidates: int, history_length: int = 20, seed: int = 0) -> RankerRequest:
+    """One request's inputs for ``Ranker.forward`` (batch of 1): a unit-norm user vector, a full
+    history of item ids with increasing gaps (seconds), ``n_candidates`` candidate ids and their
+    retrieval cosines. Random but shaped like serving traffic, which is all latency depends on."""
+    if spec.n_items < 3:
+        raise ValueError("the ranker needs at least one real item id (>= 2) to build a request")
+    g = torch.Generator().manual_seed(seed)
+    user = torch.nn.functional.normalize(torch.randn(1, spec.user_dim, generator=g), dim=-1)
+    hist = torch.randint(2, spec.n_items, (1, history_length), generator=g)
+    gaps = torch.sort(torch.rand(1, history_length, generator=g) * 30 * 86400, descending=True).values
+    cand = torch.randint(2, spec.n_items, (1, n_candidates), generator=g)
+    score = torch.rand(1, n_candidates, generator=g) * 2 - 1
+    return user, hist, gaps, cand, score
+
+
+def scoring_latency(ranker: Ranker, n_candidates: int = 200, repeats: int = 50, *, threads: int = 1,
+                    warmup: int = 5, history_length: int = 20, seed: int = 0) -> dict[str, float]:
+    """p50/p99/mean milliseconds to score one request of ``n_candidates`` on CPU with ``threads`` torch
+    threads (fixed so numbers compare across trials; restored afterwards). Inference mode, eval mode."""
+    device = next(iter(ranker.buffers())).device
+    if device.type != "cpu":
+        raise ValueError(f"scoring_latency measures CPU serving; the ranker is on {device}")
+    request = random_request(ranker.spec, n_candidates, history_length, seed)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    was_training = ranker.training
+    ranker.eval()
+    try:
+        with torch.inference_mode():
+            for _ in range(warmup):
+                ranker(*request)
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                ranker(*request)
+                times.append((time.perf_counter() - t0) * 1e3)
+    finally:
+        torch.set_num_threads(previous)
+        ranker.train(was_training)
+    ms = np.asarray(times)
+    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
+            "mean_ms": float(ms.mean()), "n_candidates": n_candidates, "threads": threads, "repeats": repeats}
