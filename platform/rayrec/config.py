@@ -135,9 +135,12 @@ class RankerConfig(Section):
     cross_rank: int = Field(32, ge=1, description="Rank of the low-rank cross weight matrices.")
     deep_layers: list[int] = Field(default_factory=lambda: [128, 64], description="Widths of the deep tower.")
     hard_negatives: int = Field(2, ge=0, description="Negatives per positive drawn from the retrieval model's top-K.")
-    viewed_negatives: bool = Field(True, description="Train on viewed-but-not-clicked items as negatives "
-                                   "(false: only random and hard negatives).")
-    hard_negative_pool: int = Field(50, ge=1, description="K of the retrieval top-K that hard negatives come from.")
+    viewed_negatives: bool = Field(False, description="Train on viewed-but-not-clicked items as negatives too. "
+                                   "Off: on the demo data they cost 5% NDCG@20 (the ranker learned click-given-view, "
+                                   "not what the user engages with next).")
+    hard_negative_pool: int = Field(200, ge=1, description="K of the retrieval top-K that hard negatives come "
+                                    "from; too small a K samples items the user will engage with later (demo: "
+                                    "50 → valid NDCG@20 0.049, 200 → 0.056).")
     purchase_weight: float = Field(0.5, ge=0, description="Weight of P(purchase) added to P(click) in the score.")
 
 
