@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rayrec.config import RayrecConfig, SearchDimension
+from rayrec.config import RayrecConfig, SearchDimension, with_values
 from rayrec.train.trainer import load_context, materialize, run_training, training_dataset
 from rayrec.tune.report import (LATENCY, QUALITY, TrialRow, choose, pareto_front, plot_pareto, write_chosen_config,
                                 write_markdown)
@@ -69,7 +69,10 @@ def _tuner(cfg: RayrecConfig, out: Path, retrieval: Path | None, resume: bool) -
     from ray.tune.search.optuna import OptunaSearch
 
     t = cfg.tune
-    base = cfg.model_dump(mode="json", by_alias=True)
+    # Ray Tune runs each trial with its own folder as the working directory: relative paths would
+    # point into it, so trials get the data and output folders as absolute paths.
+    base = with_values(cfg, {"preprocess.out_dir": str(Path(cfg.preprocess.out_dir).resolve()),
+                             "train.out_dir": str(Path(cfg.train.out_dir).resolve())}).model_dump(mode="json", by_alias=True)
     length = int(load_context(cfg, with_valid=False).manifest["history_length"])
     retrieval_rows = None if retrieval else materialize(training_dataset(cfg, "two_tower", length))
     trainable = tune.with_resources(
