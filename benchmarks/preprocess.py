@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from child_runs import finish_child
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -188,17 +189,9 @@ def measure(engine: str, dataset: str, num_cpus: int, keep_outputs: bool, progre
                 progress.update(task, description=f"{engine:6} {dataset}  (workers now {mem['workers_rss']:,.0f} MB RSS)")
             time.sleep(0.25)
     progress.remove_task(task)
-    for pid in cpu:  # Ray processes this run started, if any outlived their driver
-        try:
-            psutil.Process(pid).kill()
-        except psutil.NoSuchProcess:
-            pass
-    if proc.returncode != 0 or not result_path.exists():
-        console.print(log_path.read_text()[-4000:])
-        raise SystemExit(f"{engine} on {dataset} failed (exit {proc.returncode}); log: {log_path}")
+    result = finish_child(proc, cpu, result_path, log_path, f"{engine} on {dataset}", console)
     if not keep_outputs:
         shutil.rmtree(RESULTS / "out" / f"{dataset}-{engine}", ignore_errors=True)
-    result = json.loads(result_path.read_text())
     result["load_avg_1m"] = [load, os.getloadavg()[0]]
     if engine == "ray":
         result |= {f"{k}_peak_mb": v for k, v in peaks.items()}

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from child_runs import finish_child
 from rich.console import Console
 from rich.table import Table
 
@@ -160,15 +161,7 @@ def measure(case: str, epochs: int) -> dict[str, Any]:
                     pass
             time.sleep(0.25)
     wall, busy = time.perf_counter() - wall0, _busy_s() - busy0
-    for pid in cpu:  # Ray processes this case started, if any outlived their driver
-        try:
-            psutil.Process(pid).kill()
-        except psutil.NoSuchProcess:
-            pass
-    if proc.returncode != 0 or not result_path.exists():
-        console.print(log_path.read_text()[-4000:])
-        raise SystemExit(f"{case} failed (exit {proc.returncode}); log: {log_path}")
-    r = json.loads(result_path.read_text())
+    r = finish_child(proc, cpu, result_path, log_path, case, console)
     ours = r["cpu_s_driver"] + sum(cpu.values())
     r |= {"load_avg_1m": [load, os.getloadavg()[0]], "process_wall_s": wall, "cpu_s_ours": ours,
           "cpu_s_others": max(busy - ours, 0.0), "others_cpu_share": max(busy - ours, 0.0) / (wall * psutil.cpu_count())}

@@ -116,7 +116,7 @@ def run_compression(ctx: ModelContext, models_dir: Path, out_dir: Path | None = 
     bundle = compress_ranker(ctx, retrieval_dir, dense, io, steps, out, c)
     compressed = load_compressed_ranker(bundle, ctx.items, ctx.vocab_fingerprint)
     users = ctx.cfg.train.eval_users
-    before = measure_ranker(ctx, retrieval_dir, load_ranker(ctx, ranker_dir), users, c.latency_candidates)
+    before = measure_ranker(ctx, retrieval_dir, dense, users, c.latency_candidates)  # shrinking copies; dense is untouched
     after = measure_ranker(ctx, retrieval_dir, compressed, users, c.latency_candidates)
     return {"bundle": str(bundle), "compression": read_meta(bundle)["compression"],
             "dense": before.flat(), "compressed": after.flat()}

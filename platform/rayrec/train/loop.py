@@ -214,14 +214,13 @@ def load_two_tower(ctx: ModelContext, directory: Path) -> TwoTowerModel:
 @dataclass
 class RankerStart:
     """A ranker run that fine-tunes a given model (e.g. a structurally pruned one) instead of
-    training a fresh one: its epochs and learning rate, a hook after every optimizer step (gradual
-    pruning) and what to add to the bundle's metadata."""
+    training a fresh one: its epochs and learning rate, and a hook after every optimizer step
+    (gradual pruning)."""
 
     model: Ranker
     epochs: int
     lr: float
     on_step: Callable[[], None] | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
 
 
 def train_ranker(ctx: ModelContext, io: LoopIO, retrieval_dir: Path, begin: RankerStart | None = None) -> None:
@@ -239,7 +238,7 @@ def train_ranker(ctx: ModelContext, io: LoopIO, retrieval_dir: Path, begin: Rank
     wrapped = io.wrap_model(model)
     meta = {"kind": "ranker", "spec": model.spec.to_dict(), "vocab_fingerprint": ctx.vocab_fingerprint,
             "retrieval_weights_sha256": read_meta(retrieval_dir)["weights_sha256"],
-            "config": cfg.model_dump(mode="json", by_alias=True), **(begin.meta if begin else {})}
+            "config": cfg.model_dump(mode="json", by_alias=True)}
     for epoch in range(start, epochs):
         _log_epoch_start(io, epoch)
         model.train()
