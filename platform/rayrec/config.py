@@ -226,6 +226,89 @@ class EvaluateConfig(Section):
     out_dir: str | None = Field(None, description="Report folder (null: <train.out_dir>/report).")
 
 
+IndexKind = Literal["auto", "flat", "ivf_flat", "hnsw", "ivf_pq"]
+
+
+class IndexConfig(Section):
+    kind: IndexKind = Field("auto", description="FAISS index: 'flat' (exact inner product), 'ivf_flat', 'hnsw', "
+                            "'ivf_pq', or 'auto' (chosen by catalog size, then tuned to min_recall).")
+    flat_max_items: int = Field(50_000, ge=1, description="auto: catalogs up to this size get the exact index.")
+    pq_min_items: int = Field(5_000_000, ge=1, description="auto: catalogs from this size get IVF-PQ (memory).")
+    nlist: int | None = Field(None, ge=1, description="IVF lists (null: about 4·sqrt(items)).")
+    nprobe: int = Field(16, ge=1, description="IVF lists scanned per query (auto raises it to reach min_recall).")
+    hnsw_m: int = Field(32, ge=4, description="HNSW neighbours per node.")
+    ef_construction: int = Field(200, ge=8, description="HNSW build-time search width.")
+    ef_search: int = Field(128, ge=1, description="HNSW query-time search width (auto raises it to reach min_recall).")
+    pq_m: int = Field(16, ge=1, description="IVF-PQ sub-quantizers (must divide the embedding dimension).")
+    train_sample: int = Field(200_000, ge=1000, description="Vectors sampled to train IVF/PQ quantizers.")
+    min_recall: float = Field(0.95, gt=0, le=1, description="auto: recall@recall_k against exact search that "
+                              "nprobe/efSearch are raised to reach.")
+    recall_k: int = Field(100, ge=1, description="K of the recall measured against exact search (manifest).")
+    recall_queries: int = Field(500, ge=10, description="Queries used to measure recall and queries/s.")
+    threads: int = Field(1, ge=1, description="FAISS OpenMP threads in the process that searches.")
+    seed: int = Field(0, description="Seed of quantizer training and query sampling.")
+
+
+class AutoscalingConfig(Section):
+    min_replicas: int = Field(1, ge=0, description="Fewest replicas.")
+    max_replicas: int = Field(1, ge=1, description="Most replicas.")
+    target_ongoing_requests: float = Field(8.0, gt=0, description="Ongoing requests per replica the autoscaler "
+                                           "aims for.")
+    upscale_delay_s: float = Field(3.0, ge=0, description="Load must stay high this long before scaling up.")
+    downscale_delay_s: float = Field(30.0, ge=0, description="Load must stay low this long before scaling down.")
+    metrics_interval_s: float = Field(1.0, gt=0, description="How often replicas report their load.")
+    look_back_period_s: float = Field(5.0, gt=0, description="Window the load is averaged over.")
+
+
+class DeploymentConfig(Section):
+    num_replicas: int | None = Field(None, ge=1, description="Fixed replicas; null autoscales with 'autoscaling'.")
+    autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig, description="Used when "
+                                           "num_replicas is null.")
+    max_ongoing_requests: int = Field(64, ge=1, description="Requests one replica works on at once (Serve's "
+                                      "default of 5 throttles batching).")
+    max_queued_requests: int = Field(256, ge=-1, description="Requests waiting for a replica before callers get "
+                                     "503 (-1: unbounded).")
+    num_cpus: float = Field(0.5, ge=0, description="CPUs reserved per replica (fractions allowed).")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per replica; fractions pack several replicas on one GPU; "
+                            "the model runs on the GPU when this is > 0.")
+    threads: int = Field(1, ge=1, description="torch/OMP/FAISS threads inside a replica.")
+    batch_max_size: int = Field(32, ge=1, description="@serve.batch: most requests scored together.")
+    batch_wait_timeout_s: float = Field(0.002, ge=0, description="@serve.batch: longest wait to fill a batch.")
+
+
+class FeatureStoreConfig(Section):
+    shards: int = Field(2, ge=1, description="Feature-store actors; users are spread by a stable hash of their id.")
+    num_cpus: float = Field(0.05, ge=0, description="CPUs reserved per shard actor.")
+    max_history: int = Field(50, ge=1, description="Most recent events kept per user.")
+    snapshot_every: int = Field(1000, ge=1, description="Appended events after which a shard rewrites its "
+                                "snapshot and truncates its write-ahead log.")
+    fsync: bool = Field(True, description="fsync the write-ahead log before acknowledging events.")
+    dir: str | None = Field(None, description="Snapshot and write-ahead-log folder (null: <serve.release_dir>/"
+                            "feature_store).")
+    namespace: str = Field("rayrec", description="Ray namespace of the shard actors (named, detached).")
+
+
+class ServeConfig(Section):
+    release_dir: str | None = Field(None, description="Where 'build-index' writes versioned serving releases and "
+                                    "Serve reads them (null: <train.out_dir>/serving).")
+    version: str | None = Field(None, description="Release to serve (null: the latest one 'build-index' wrote).")
+    ranker_dir: str | None = Field(None, description="Ranker bundle to release, e.g. a compressed one (null: "
+                                   "<train.out_dir>/ranker).")
+    app_name: str = Field("rayrec", description="Serve application name.")
+    route_prefix: str = Field("/", description="HTTP route prefix of the application.")
+    host: str = Field("127.0.0.1", description="HTTP host Serve binds (loopback unless you mean to expose it).")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port.")
+    candidates: int = Field(100, ge=1, description="Retrieved candidates the ranker re-orders.")
+    max_k: int = Field(100, ge=1, description="Largest k a request may ask for.")
+    max_events_per_request: int = Field(500, ge=1, description="Largest batch POST /v1/events accepts.")
+    use_ranker: bool = Field(True, description="Re-rank retrieved candidates (false: retrieval order).")
+    ingress: DeploymentConfig = Field(default_factory=DeploymentConfig, description="FastAPI ingress replicas.")
+    retrieval: DeploymentConfig = Field(default_factory=DeploymentConfig, description="User tower + FAISS "
+                                        "replicas.")
+    ranking: DeploymentConfig = Field(default_factory=DeploymentConfig, description="Ranker replicas.")
+    feature_store: FeatureStoreConfig = Field(default_factory=FeatureStoreConfig)
+
+
 class RayConfig(Section):
     address: str | None = Field(
         None, description="Ray cluster to join; null uses RAY_ADDRESS when set, else starts a local Ray."
@@ -249,6 +332,8 @@ class RayrecConfig(Section):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     compress: CompressConfig = Field(default_factory=CompressConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
+    index: IndexConfig = Field(default_factory=IndexConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
