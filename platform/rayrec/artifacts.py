@@ -11,10 +11,15 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from rayrec.features.items import ItemFeatureTable
+    from rayrec.models.ranker import Ranker
+    from rayrec.models.two_tower import TwoTowerModel
 
 WEIGHTS = "weights.pt"
 OPTIMIZER = "optimizer.pt"
@@ -67,3 +72,34 @@ def load_bundle(directory: Path, kind: str, vocab_fingerprint: str | None) -> tu
 def load_optimizer_state(directory: Path) -> dict[str, Any] | None:
     path = Path(directory) / OPTIMIZER
     return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+
+
+def load_two_tower_model(directory: Path, items: "ItemFeatureTable", vocab_fingerprint: str | None) -> "TwoTowerModel":
+    """A trained retrieval model from its bundle, in eval mode (training-only settings such as
+    dropout do not matter there; the temperature is a saved parameter)."""
+    from rayrec.models.two_tower import TwoTowerModel, TwoTowerSpec
+
+    state, meta = load_bundle(Path(directory), "two_tower", vocab_fingerprint)
+    model = TwoTowerModel(TwoTowerSpec(**meta["spec"]), items)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def load_ranker_model(directory: Path, items: "ItemFeatureTable", vocab_fingerprint: str | None) -> "Ranker":
+    """A ranker bundle's model in eval mode, int8-quantized when ``meta["compression"]`` says so (the
+    bundle holds float weights; quantization is deterministic, so re-applying it at load gives the
+    very model that was measured). A bundle without compression loads as the float model it is."""
+    from rayrec.models.quantization import QUANTIZATIONS, int8_dynamic
+    from rayrec.models.ranker import Ranker, RankerSpec
+
+    state, meta = load_bundle(Path(directory), "ranker", vocab_fingerprint)
+    model = Ranker(RankerSpec(**meta["spec"]), items)
+    model.load_state_dict(state)
+    model.eval()
+    quantization = (meta.get("compression") or {}).get("quantization")
+    if quantization is None:
+        return model
+    if quantization not in QUANTIZATIONS:
+        raise ArtifactError(f"{directory}: unknown quantization {quantization!r} in meta; known: "
+                            f"{', '.join(QUANTIZATIONS)}")
+    return int8_dynamic(model)

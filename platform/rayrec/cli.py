@@ -40,7 +40,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from rayrec.data.preprocess import PreprocessError
     from rayrec.data.sources import SourceFileError
 
-    return ConfigError, PreprocessError, SourceFileError, FileNotFoundError
+    from rayrec.artifacts import ArtifactError
+    from rayrec.serve.launch import ServeStartError
+
+    return ConfigError, PreprocessError, SourceFileError, FileNotFoundError, ArtifactError, ServeStartError
 
 
 def _unwrap(error: BaseException) -> BaseException:
@@ -295,6 +298,79 @@ def _run_tune(cfg: RayrecConfig, resume: bool = False) -> None:
     console.print(f"report {outcome.report_md}, plot {outcome.pareto_png}, chosen config {outcome.chosen_yaml}")
 
 
+@app.command("build-index")
+def build_index(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Item embeddings → FAISS index, packaged with the models as the next serving release."""
+    _run_build_index(_config(config, set_))
+
+
+def _run_build_index(cfg: RayrecConfig) -> Path:
+    from rayrec.index.release import build_release
+
+    with _user_facing_errors(), _stages("build-index") as on_stage:
+        release = build_release(cfg, on_stage)
+    manifest = json.loads((release / "index" / "manifest.json").read_text())
+    console.print(f"release [bold]{release.name}[/] in {release}: {manifest['kind']} index over "
+                  f"{manifest['n_indexed']:,} items, recall@{manifest['recall_k']} {manifest['recall_at_k']:.3f} vs "
+                  f"exact, {manifest['qps']:,.0f} queries/s ({manifest['qps'] / manifest['exact_qps']:.1f}× exact)")
+    return release
+
+
+@app.command()
+def serve(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    version: Annotated[Optional[str], typer.Option("--version", help="Release to serve (default: latest).")] = None,
+    smoke: Annotated[bool, typer.Option("--smoke", help="Exit after the sample requests.")] = False,
+) -> None:
+    """Start the Ray Serve application, send sample requests, keep serving until interrupted."""
+    _run_serving(_config(config, set_), version, keep_serving=not smoke)
+
+
+def _run_serving(cfg: RayrecConfig, version: str | None = None, keep_serving: bool = True) -> None:
+    import time
+
+    import pyarrow.parquet as pq
+
+    from rayrec.index.release import HISTORIES, release_root, resolve_release
+    from rayrec.runtime import init_ray
+    from rich.markup import escape
+
+    from rayrec.serve.launch import sample_requests, start_serving
+
+    with _user_facing_errors():
+        release = resolve_release(release_root(cfg), version or cfg.serve.version)
+        init_ray(cfg.ray)
+        with console.status(f"starting Ray Serve (release {release.name})"):
+            base = start_serving(cfg, release.name)
+    histories = pq.read_table(release / HISTORIES).slice(0, 1).to_pylist()
+    user = histories[0]["user_id"] if histories else "demo-user"
+    items = pq.read_table(release / "items.parquet", columns=["item_id", "category"]).to_pylist()
+    top = items[0]["category"].split(" > ")[0]
+    clicked = [it["item_id"] for it in items if it["category"].startswith(top)][:3]
+    for label, status, answer in sample_requests(base, user, clicked):
+        console.print(f"[bold]{label}[/] → {status}")
+        items = answer.get("items") if isinstance(answer, dict) else None
+        if items is not None:
+            for it in items:
+                console.print(f"   {escape(str(it['item_id'])):>10}  {it['score']:.3f}  {escape(str(it.get('title')))}  "
+                              f"[dim]{escape(str(it.get('category')))}[/]")
+            extra = {k: answer[k] for k in ("version", "cold_start", "reranked", "took_ms") if k in answer}
+            console.print(f"   [dim]{extra}[/]")
+        else:
+            console.print(f"   {escape(str(answer))}")
+    console.print(f"[bold green]serving[/] {base}  (API docs {base}/docs, ready {base}/readyz)")
+    if keep_serving:
+        console.print("press Ctrl-C to stop")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            from ray import serve as ray_serve
+
+            ray_serve.shutdown()
+
+
 @app.command()
 def run(
     config: ConfigOpt = Path("configs/demo.yaml"),
@@ -302,9 +378,11 @@ def run(
     smoke: Annotated[bool, typer.Option("--smoke", help="Tiny data, exits quickly (CI and a first look).")] = False,
     with_tune: Annotated[bool, typer.Option("--tune", help="Also compress the ranker and run the config's "
                                             "small Ray Tune search (minutes more).")] = False,
+    with_serving: Annotated[bool, typer.Option("--serve/--no-serve", help="Build the index and start Ray Serve "
+                                               "with sample requests (kept running unless --smoke).")] = True,
 ) -> None:
     """The main job end to end: generate (synthetic configs) → preprocess → train → evaluate
-    [→ compress → tune]."""
+    [→ compress → tune] → build-index → serve."""
     cfg = _config(config, [*(SMOKE_OVERRIDES if smoke else []), *(set_ or [])])
     if cfg.generate is not None:
         _run_generate(cfg)
@@ -316,6 +394,9 @@ def run(
         _run_compression(cfg)
         _run_tune(cfg)
     console.print(f"[bold green]done[/]: data in {cfg.preprocess.out_dir}, models and report in {cfg.train.out_dir}")
+    if with_serving:
+        _run_build_index(cfg)
+        _run_serving(cfg, keep_serving=not smoke)
 
 
 @app.command("config-schema")

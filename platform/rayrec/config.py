@@ -315,6 +315,8 @@ class RayConfig(Section):
     )
     num_cpus: int | None = Field(None, description="CPUs for a local Ray (null: all of this machine's).")
     object_store_memory_mb: int | None = Field(None, description="Object store size for a local Ray.")
+    num_gpus: int | None = Field(None, description="GPUs a local Ray declares (null: those it detects). Declaring "
+                                 "logical GPUs on a CPU machine tests fractional-GPU placement for real.")
 
 
 class RayrecConfig(Section):

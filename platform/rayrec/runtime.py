@@ -59,6 +59,7 @@ def init_ray(cfg: RayConfig | None = None) -> None:
         return
     ray.init(
         num_cpus=cfg.num_cpus,
+        num_gpus=cfg.num_gpus,
         object_store_memory=cfg.object_store_memory_mb * 2**20 if cfg.object_store_memory_mb else None,
         include_dashboard=False,
         runtime_env=runtime_env,

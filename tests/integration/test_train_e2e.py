@@ -10,32 +10,10 @@ import pytest
 
 from rayrec.artifacts import ArtifactError, load_bundle
 from rayrec.config import load_config, with_values
-from rayrec.data.preprocess import run_preprocess
-from rayrec.data.synthetic import generate
 from rayrec.train.offline import run_evaluation
-from rayrec.train.trainer import load_context, run_training
-from tests.conftest import REPO
+from rayrec.train.trainer import load_context
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, ray_local):
-    root = tmp_path_factory.mktemp("train")
-    generate(root / "raw", scale="tiny", seed=11)
-    cfg = load_config(REPO / "configs" / "demo.yaml", [
-        f"source.events={root / 'raw' / 'events'}", f"source.catalog={root / 'raw' / 'catalog.csv'}",
-        f"preprocess.out_dir={root / 'processed'}", "preprocess.min_user_events=2", "preprocess.min_item_events=2",
-        f"train.out_dir={root / 'runs'}", "train.epochs=3", "train.ranker_epochs=1", "train.batch_size=64",
-        "train.max_failures=1", "model.dim=16", "model.hidden=32",
-    ])  # fmt: skip
-    run_preprocess(cfg)
-    ctx = load_context(cfg)
-    fault = {"epoch": 1, "after_batches": 2, "marker": str(root / "killed"), "epoch_log": str(root / "epochs.log"),
-             "delay_s": 5}
-    retrieval = run_training(cfg, "two_tower", ctx, fault=fault)
-    ranker = run_training(cfg, "ranker", ctx, retrieval_dir=retrieval.bundle)
-    return root, cfg, ctx, retrieval, ranker
 
 
 def test_a_killed_worker_resumes_from_the_last_checkpoint(trained):

@@ -19,11 +19,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rayrec.artifacts import ArtifactError, load_bundle, save_bundle
+from rayrec.artifacts import load_ranker_model, save_bundle
 from rayrec.compress.prune import is_reparametrised
-from rayrec.compress.quantize import QUANTIZATIONS, is_quantized, quantize_int8
-from rayrec.features.items import ItemFeatureTable
-from rayrec.models.ranker import Ranker, RankerSpec
+from rayrec.compress.quantize import QUANTIZATIONS, is_quantized
+from rayrec.models.ranker import Ranker
 
 KIND = "ranker"
 
@@ -49,17 +48,5 @@ def save_compressed_ranker(directory: Path, model: Ranker, meta: dict[str, Any],
     return save_bundle(Path(directory), model, full)
 
 
-def load_compressed_ranker(directory: Path, items: ItemFeatureTable, vocab_fingerprint: str | None) -> Ranker:
-    """The bundle's Ranker in eval mode, int8-quantized when its meta says so; a bundle without a
-    ``compression`` entry loads as the plain float model it is."""
-    state, meta = load_bundle(Path(directory), KIND, vocab_fingerprint)
-    model = Ranker(RankerSpec(**meta["spec"]), items)
-    model.load_state_dict(state)
-    model.eval()
-    quantization = (meta.get("compression") or {}).get("quantization")
-    if quantization is None:
-        return model
-    if quantization not in QUANTIZATIONS:
-        raise ArtifactError(f"{directory}: unknown quantization {quantization!r} in meta; known: "
-                            f"{', '.join(QUANTIZATIONS)}")
-    return quantize_int8(model)
+# A compressed bundle is an ordinary ranker bundle: one loader for every caller, serving included.
+load_compressed_ranker = load_ranker_model

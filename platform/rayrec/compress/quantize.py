@@ -10,41 +10,22 @@ memory but no time). Quantized models are for inference: they have no gradients.
 
 from __future__ import annotations
 
-import copy
-import warnings
-from typing import TypeVar
-
 import numpy as np
-import torch
 from torch import nn
-from torch.ao.nn.quantized.dynamic import Linear as QuantizedLinear
 
 from rayrec.compress.prune import is_reparametrised
+from rayrec.models.quantization import INT8_DYNAMIC, QUANTIZATIONS, int8_dynamic, is_quantized
 from rayrec.models.two_tower import TwoTowerModel
 
-INT8_DYNAMIC = "int8_dynamic"
-QUANTIZATIONS = (INT8_DYNAMIC,)
-
-M = TypeVar("M", bound=nn.Module)
+__all__ = ["INT8_DYNAMIC", "QUANTIZATIONS", "is_quantized", "item_embeddings_fp16", "quantize_int8"]
 
 
-def quantize_int8(model: M) -> M:
-    """An eval-mode copy of ``model`` with every ``nn.Linear`` replaced by a dynamically quantized int8
-    Linear (``torch.ao.quantization.quantize_dynamic``); ``model`` itself is not changed. The copy
-    keeps the class and attributes (a Ranker keeps ``spec``, ``forward`` and ``score``)."""
+def quantize_int8(model: nn.Module) -> nn.Module:
+    """``rayrec.models.quantization.int8_dynamic`` for a model whose pruning is made permanent: the
+    copy keeps the class and attributes (a Ranker keeps ``spec``, ``forward`` and ``score``)."""
     if is_reparametrised(model):
         raise ValueError("model carries pruning masks; call make_permanent(model) before quantizing")
-    float_model = copy.deepcopy(model).eval()
-    # torch 2.13 marks the eager torch.ao.quantization API and quantized tensors deprecated in favour
-    # of torchao, which is not a dependency; both still work and are what the CPU build ships with.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor", category=UserWarning)
-        return torch.ao.quantization.quantize_dynamic(float_model, {nn.Linear}, dtype=torch.qint8, inplace=True)
-
-
-def is_quantized(model: nn.Module) -> bool:
-    return any(isinstance(m, QuantizedLinear) for m in model.modules())
+    return int8_dynamic(model)
 
 
 def item_embeddings_fp16(model: TwoTowerModel) -> np.ndarray:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rayrec.artifacts import load_bundle, load_optimizer_state, read_meta, save_bundle
+from rayrec.artifacts import load_bundle, load_optimizer_state, load_two_tower_model, read_meta, save_bundle
 from rayrec.config import RayrecConfig
 from rayrec.features.items import ItemFeatureTable
 from rayrec.models.losses import in_batch_softmax_loss, multi_task_bce
@@ -205,10 +205,7 @@ def train_retrieval(ctx: ModelContext, io: LoopIO) -> None:
 
 def load_two_tower(ctx: ModelContext, directory: Path) -> TwoTowerModel:
     """A trained retrieval model from its bundle, in eval mode, checked against the data's vocabulary."""
-    state, meta = load_bundle(directory, "two_tower", ctx.vocab_fingerprint)
-    model = build_two_tower(ctx, TwoTowerSpec(**meta["spec"]))
-    model.load_state_dict(state)
-    return model.eval()
+    return load_two_tower_model(directory, ctx.items, ctx.vocab_fingerprint)
 
 
 @dataclass

@@ -13,7 +13,8 @@ from typing import Any
 import pandas as pd
 
 from rayrec.config import RayrecConfig
-from rayrec.models.ranker import Ranker, RankerSpec
+from rayrec.artifacts import load_ranker_model
+from rayrec.models.ranker import Ranker
 from rayrec.train.baselines import ImplicitALS, ImplicitBPR, ItemKNN, MostPopular, RecentlyPopular
 from rayrec.train.evaluate import Recommender, evaluate, load_eval_split, write_report
 from rayrec.train.loop import ModelContext, load_two_tower
@@ -27,12 +28,7 @@ BASELINES: dict[str, type] = {
 
 
 def load_ranker(ctx: ModelContext, directory: Path) -> Ranker:
-    from rayrec.artifacts import load_bundle
-
-    state, meta = load_bundle(directory, "ranker", ctx.vocab_fingerprint)
-    model = Ranker(RankerSpec(**meta["spec"]), ctx.items)
-    model.load_state_dict(state)
-    return model.eval()
+    return load_ranker_model(directory, ctx.items, ctx.vocab_fingerprint)
 
 
 def trained_systems(ctx: ModelContext, models_dir: Path) -> list[Recommender]:

@@ -1,0 +1,202 @@
+"""The HTTP API: versioned pydantic request/response models and the FastAPI ingress deployment.
+
+The ingress validates, forwards and shapes answers; it holds no model and no catalog, so every
+recommendation is composed by one retrieval replica from one release. Errors are JSON with a
+reason: 404 unknown item, 422 bad fields (k out of bounds, non-finite numbers, unknown event
+types), 503 with ``Retry-After`` when a stage's queue is full, and no stack traces ever.
+``POST /v1/search`` joins the ``/v1`` routes here when the search stage lands.
+"""
+
+import logging
+import time
+from typing import Any, Literal
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from ray import serve
+
+from rayrec.serve.catalog import ItemFilter
+from rayrec.serve.feature_store import EVENT_STAGES, OnlineEvent
+from rayrec.serve.retrieval import RecommendQuery
+
+log = logging.getLogger(__name__)
+
+FUTURE_TOLERANCE_MS = 5 * 60 * 1000  # clocks drift; an event minutes ahead is still accepted
+RETRY_AFTER_S = "1"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, str_strip_whitespace=True)
+
+
+class Filters(Strict):
+    category: str | None = Field(None, min_length=1, max_length=200,
+                                 description="Category path prefix, e.g. 'Electronics' or 'Electronics > Phones'.")
+    brand: str | None = Field(None, min_length=1, max_length=200, description="Exact brand (case-insensitive).")
+    price_min: float | None = Field(None, ge=0, description="Lowest price.")
+    price_max: float | None = Field(None, ge=0, description="Highest price.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "Filters":  # noqa: UP037 - FastAPI reads these annotations at run time
+        if self.price_min is not None and self.price_max is not None and self.price_min > self.price_max:
+            raise ValueError("price_min must be <= price_max")
+        return self
+
+    def to_item_filter(self) -> ItemFilter:
+        return ItemFilter(category=self.category, brand=self.brand, price_min=self.price_min, price_max=self.price_max)
+
+
+class RecommendRequest(Strict):
+    user_id: str = Field(min_length=1, max_length=128, description="Any user id; unknown users get the "
+                         "cold-start path.")
+    k: int = Field(10, ge=1, description="Items wanted (at most serve.max_k).")
+    filters: Filters = Field(default_factory=Filters)
+    exclude_purchased: bool = Field(True, description="Leave out items the user bought.")
+    context: dict[str, str | int | float | bool] = Field(default_factory=dict, max_length=32,
+                                                         description="Request context (page, device, ...), logged.")
+
+
+class Item(BaseModel):
+    item_id: str
+    title: str | None
+    category: str | None
+    brand: str | None
+    price: float | None
+    score: float
+    retrieval_score: float | None = None
+
+
+class RecommendResponse(BaseModel):
+    user_id: str
+    items: list[Item]
+    version: str = Field(description="Release that produced every item of this answer.")
+    cold_start: bool = Field(description="The user had no usable history.")
+    reranked: bool = Field(description="The ranker ordered the candidates.")
+    took_ms: float
+
+
+class EventIn(Strict):
+    user_id: str = Field(min_length=1, max_length=128)
+    item_id: str = Field(min_length=1, max_length=128)
+    event_type: Literal["view", "click", "add_to_cart", "purchase"]
+    ts_ms: int | None = Field(None, ge=0, description="Event time in ms since the epoch (null: now).")
+
+
+class EventsRequest(Strict):
+    events: list[EventIn] = Field(min_length=1)
+
+
+class EventsResponse(BaseModel):
+    accepted: int = Field(description="Events stored durably; they shape the user's next recommendation.")
+
+
+class SimilarResponse(BaseModel):
+    item: Item | dict[str, Any]
+    items: list[Item]
+    version: str
+
+
+def _unprocessable(field: list[str | int], message: str) -> HTTPException:
+    """A 422 shaped like FastAPI's own validation errors, so clients parse one format."""
+    return HTTPException(422, detail=[{"loc": field, "msg": message, "type": "value_error"}])
+
+
+def _is_backpressure(error: BaseException) -> bool:
+    from ray.serve.exceptions import BackPressureError
+
+    return isinstance(error, BackPressureError)
+
+
+def build_fastapi() -> FastAPI:
+    api = FastAPI(title="rayrec", version="1", description="Recommendations, events and similar items.")
+
+    @api.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        # FastAPI echoes the offending input, which cannot be JSON when it is NaN or Infinity;
+        # field, message and type are the reason.
+        detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+                  for e in error.errors()]
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    @api.exception_handler(Exception)
+    async def _any_error(request: Request, error: Exception) -> JSONResponse:
+        if _is_backpressure(error):
+            return JSONResponse({"detail": "overloaded: a serving stage's queue is full; retry shortly"},
+                                status_code=503, headers={"Retry-After": RETRY_AFTER_S})
+        log.exception("unhandled error on %s", request.url.path)
+        return JSONResponse({"detail": f"internal error ({type(error).__name__}); see the replica log"},
+                            status_code=500)
+
+    return api
+
+
+api = build_fastapi()
+
+
+# Decorated here, at import, not in app.py: replicas import this module afresh, and the routes must
+# already be bound to the class there (decorating a driver-side copy leaves `self` a query field).
+@serve.ingress(api)
+class Ingress:
+    """Serve deployment (made one in ``app.py``)."""
+
+    def __init__(self, retrieval: Any, serve_cfg: dict[str, Any], bootstrap: str | None) -> None:
+        from pathlib import Path
+
+        from rayrec.config import ServeConfig
+        from rayrec.serve.feature_store import ActorFeatureStore
+
+        self.cfg = ServeConfig.model_validate(serve_cfg)
+        self.retrieval = retrieval
+        self.store = ActorFeatureStore.connect(self.cfg.feature_store, Path(self.cfg.feature_store.dir),
+                                               Path(bootstrap) if bootstrap else None, store_name=self.cfg.app_name)
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict[str, str]:
+        return {"status": "alive"}
+
+    @api.get("/readyz")
+    async def readyz(self) -> JSONResponse:
+        try:
+            info = await self.retrieval.ready.remote()
+        except Exception as e:  # not ready is an answer, not an error
+            return JSONResponse({"ready": False, "reason": f"retrieval not ready: {type(e).__name__}"},
+                                status_code=503, headers={"Retry-After": RETRY_AFTER_S})
+        return JSONResponse({"ready": True, **info})
+
+    @api.post("/v1/recommend", response_model=RecommendResponse)
+    async def recommend(self, body: RecommendRequest) -> RecommendResponse:
+        if body.k > self.cfg.max_k:
+            raise _unprocessable(["body", "k"], f"k must be <= {self.cfg.max_k} (serve.max_k); got {body.k}")
+        started = time.perf_counter()
+        query = RecommendQuery(user_id=body.user_id, k=body.k, item_filter=body.filters.to_item_filter(),
+                               exclude_purchased=body.exclude_purchased)
+        result = await self.retrieval.recommend.remote(query)
+        return RecommendResponse(user_id=body.user_id, items=result["items"], version=result["version"],
+                                 cold_start=result["cold_start"], reranked=result["reranked"],
+                                 took_ms=round((time.perf_counter() - started) * 1000, 3))
+
+    @api.post("/v1/events", response_model=EventsResponse)
+    async def events(self, body: EventsRequest) -> EventsResponse:
+        limit = self.cfg.max_events_per_request
+        if len(body.events) > limit:
+            raise _unprocessable(["body", "events"], f"at most {limit} events per request "
+                                 f"(serve.max_events_per_request); got {len(body.events)}; split the batch")
+        now = int(time.time() * 1000)
+        for i, e in enumerate(body.events):
+            if e.ts_ms is not None and e.ts_ms > now + FUTURE_TOLERANCE_MS:
+                raise _unprocessable(["body", "events", i, "ts_ms"], "ts_ms is in the future; send the event "
+                                     "time in milliseconds since the epoch, or omit it for 'now'")
+        events = [OnlineEvent(user_id=e.user_id, item_id=e.item_id, stage=EVENT_STAGES[e.event_type],
+                              ts_ms=e.ts_ms if e.ts_ms is not None else now) for e in body.events]
+        return EventsResponse(accepted=await self.store.append(events))
+
+    @api.get("/v1/items/{item_id}/similar", response_model=SimilarResponse)
+    async def similar(self, item_id: str, k: int = 10) -> SimilarResponse:
+        if not 1 <= k <= self.cfg.max_k:
+            raise _unprocessable(["query", "k"], f"k must be between 1 and {self.cfg.max_k}; got {k}")
+        result = await self.retrieval.similar.remote(item_id, k)
+        if result is None:
+            raise HTTPException(404, detail=f"unknown item_id {item_id!r}")
+        return SimilarResponse(**result)

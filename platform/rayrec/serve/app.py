@@ -1,0 +1,84 @@
+"""`build_app`: the one place to read the serving graph, and the builder `serve deploy` imports.
+
+    HTTP → Ingress (FastAPI) → Retrieval (feature store, user tower, FAISS; batched)
+                                   └→ Ranking (ranker; once per retrieval batch)
+    Ingress → feature store (POST /v1/events)
+
+Every deployment takes replicas or autoscaling, queue limits and CPU/GPU fractions from
+``serve.<stage>`` in the config. ``configs/serve.yaml`` points Serve at ``app_builder`` with the
+rayrec config to read, so ``serve deploy``/``serve run`` and ``rayrec serve`` build the same graph.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+
+from rayrec.config import DeploymentConfig, RayrecConfig, load_config
+from rayrec.index.release import HISTORIES, release_root, resolve_release
+from rayrec.runtime import worker_env
+from rayrec.serve.api import Ingress
+from rayrec.serve.ranking import Ranking
+from rayrec.serve.retrieval import Retrieval
+
+
+def deployment_options(d: DeploymentConfig) -> dict[str, Any]:
+    """Serve deployment options from one stage's config section."""
+    options: dict[str, Any] = {
+        "max_ongoing_requests": d.max_ongoing_requests,
+        "max_queued_requests": d.max_queued_requests,
+        "ray_actor_options": {"num_cpus": d.num_cpus, "num_gpus": d.num_gpus,
+                              "runtime_env": {"env_vars": worker_env(d.threads)}},
+    }  # fmt: skip
+    if d.num_replicas is not None:
+        options["num_replicas"] = d.num_replicas
+    else:
+        a = d.autoscaling
+        options["autoscaling_config"] = {
+            "min_replicas": a.min_replicas, "max_replicas": a.max_replicas,
+            "initial_replicas": max(a.min_replicas, 1),
+            "target_ongoing_requests": a.target_ongoing_requests, "upscale_delay_s": a.upscale_delay_s,
+            "downscale_delay_s": a.downscale_delay_s, "metrics_interval_s": a.metrics_interval_s,
+            "look_back_period_s": a.look_back_period_s,
+        }  # fmt: skip
+    return options
+
+
+def serving_config(cfg: RayrecConfig, base_dir: Path | None = None) -> dict[str, Any]:
+    """The serve section with every path absolute (replicas do not share the driver's working
+    folder); relative paths are taken from ``base_dir`` (default: this process's folder)."""
+    base = Path(base_dir or Path.cwd())
+    s = cfg.serve.model_copy(deep=True)
+    root = base / release_root(cfg)
+    s.release_dir = str(root.resolve())
+    s.feature_store.dir = str((base / s.feature_store.dir).resolve() if s.feature_store.dir
+                              else root.resolve() / "feature_store")
+    return s.model_dump(mode="json")
+
+
+def build_app(cfg: RayrecConfig, version: str | None = None, base_dir: Path | None = None) -> Application:
+    serve_cfg = serving_config(cfg, base_dir)
+    release = resolve_release(Path(serve_cfg["release_dir"]), version or cfg.serve.version).resolve()
+    s = cfg.serve
+    ranking = None
+    if s.use_ranker and (release / "ranker").is_dir():
+        ranking = (serve.deployment(Ranking, name="Ranking").options(**deployment_options(s.ranking))
+                   .bind(str(release), serve_cfg, cfg.ranker.purchase_weight))
+    retrieval = (serve.deployment(Retrieval, name="Retrieval").options(**deployment_options(s.retrieval))
+                 .bind(str(release), serve_cfg, ranking))
+    ingress = serve.deployment(Ingress, name="Ingress").options(**deployment_options(s.ingress))
+    return ingress.bind(retrieval, serve_cfg, str(release / HISTORIES))
+
+
+def app_builder(args: dict[str, Any]) -> Application:
+    """For ``serve deploy``/``serve run``: ``args: {config, set: [section.key=value, ...], base_dir}``.
+    ``base_dir`` is the folder relative paths (the config file, releases) are read from: Serve builds
+    the app in a process whose working folder is not yours."""
+    base = Path(args["base_dir"]) if args.get("base_dir") else None
+    config = args.get("config")
+    if config is not None and base is not None and not Path(config).is_absolute():
+        config = base / config
+    return build_app(load_config(config, list(args.get("set") or [])), base_dir=base)

@@ -1,0 +1,100 @@
+"""The ranking stage: the release's ranker (dense or compressed) over retrieved candidates.
+
+Retrieval sends one payload per batch of requests; ``@serve.batch`` merges payloads arriving from
+several retrieval replicas into one forward pass. ``RankingCore`` is the plain-Python part.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ray import serve
+
+from rayrec.artifacts import load_ranker_model
+from rayrec.features.items import ItemFeatureTable
+from rayrec.index.release import ITEMS, verify_release
+from rayrec.models.ranker import Ranker
+from rayrec.serve.retrieval import ReleaseMismatch, replica_device
+
+PAYLOAD_ARRAYS = ("user_vec", "hist_items", "hist_gaps_s", "cand", "retrieval_score")
+
+
+class RankingCore:
+    def __init__(self, release_dir: Path, purchase_weight: float, device: str = "cpu") -> None:
+        release_dir = Path(release_dir)
+        release = verify_release(release_dir)
+        if not release.get("has_ranker"):
+            raise FileNotFoundError(f"{release_dir}: this release has no ranker; set serve.use_ranker=false")
+        self.version: str = release["version"]
+        self.compression = release.get("ranker_compression")
+        items = ItemFeatureTable.from_parquet(release_dir / ITEMS, release["n_items"], release["title_tokens"])
+        self.device = torch.device(device)
+        self.model = load_ranker_model(release_dir / "ranker", items, release["vocab_fingerprint"]).to(self.device)
+        self.purchase_weight = purchase_weight
+
+    @torch.no_grad()
+    def score(self, payload: dict[str, Any]) -> np.ndarray:
+        """[B, C] ranking scores; -inf where the candidate is padding (-1)."""
+        if payload["version"] != self.version:
+            raise ReleaseMismatch(f"ranking holds release {self.version}, asked for {payload['version']}")
+        t = {k: torch.as_tensor(payload[k], device=self.device) for k in PAYLOAD_ARRAYS}
+        valid = t["cand"] >= 0
+        logits = self.model(t["user_vec"], t["hist_items"], t["hist_gaps_s"], t["cand"].clamp(min=0),
+                            t["retrieval_score"].masked_fill(~valid, 0.0))
+        return Ranker.score(logits, self.purchase_weight).masked_fill(~valid, -torch.inf).float().cpu().numpy()
+
+
+def merge_payloads(payloads: list[dict[str, Any]]) -> tuple[dict[str, Any], list[int], list[int]]:
+    """Several batches as one: candidate lists padded to the longest (cand -1); returns the merged
+    payload, the rows of each part and its candidate count, to split the scores again."""
+    width = max(p["cand"].shape[1] for p in payloads)
+    merged: dict[str, Any] = {"version": payloads[0]["version"]}
+    for name in PAYLOAD_ARRAYS:
+        parts = []
+        for p in payloads:
+            a = p[name]
+            if name in ("cand", "retrieval_score") and a.shape[1] < width:
+                fill = -1 if name == "cand" else 0.0
+                a = np.concatenate([a, np.full((a.shape[0], width - a.shape[1]), fill, dtype=a.dtype)], axis=1)
+            parts.append(a)
+        merged[name] = np.concatenate(parts)
+    return merged, [len(p["cand"]) for p in payloads], [p["cand"].shape[1] for p in payloads]
+
+
+class Ranking:
+    """Serve deployment (decorated in ``app.py``)."""
+
+    def __init__(self, release_dir: str, serve_cfg: dict[str, Any], purchase_weight: float) -> None:
+        from rayrec.config import ServeConfig
+        from rayrec.runtime import set_threads
+
+        cfg = ServeConfig.model_validate(serve_cfg)
+        set_threads(cfg.ranking.threads)
+        self.core = RankingCore(Path(release_dir), purchase_weight, replica_device(cfg.ranking.num_gpus))
+        self.rank.set_max_batch_size(cfg.ranking.batch_max_size)
+        self.rank.set_batch_wait_timeout_s(cfg.ranking.batch_wait_timeout_s)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.001)  # sizes set from config in __init__
+    async def rank(self, payloads: list[dict[str, Any]]) -> list[np.ndarray | None]:
+        """Scores per payload; None for a payload of another release (the caller retries elsewhere)."""
+        mine = [p for p in payloads if p["version"] == self.core.version]
+        scores = iter(self._score(mine) if mine else [])
+        return [next(scores) if p["version"] == self.core.version else None for p in payloads]
+
+    def _score(self, payloads: list[dict[str, Any]]) -> list[np.ndarray]:
+        merged, rows, widths = merge_payloads(payloads)
+        scores = self.core.score(merged)
+        out, lo = [], 0
+        for n, w in zip(rows, widths):
+            out.append(scores[lo:lo + n, :w])
+            lo += n
+        return out
+
+    async def ready(self) -> dict[str, Any]:
+        import ray
+
+        return {"version": self.core.version, "compression": self.core.compression, "device": str(self.core.device),
+                "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}

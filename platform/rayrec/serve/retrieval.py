@@ -1,0 +1,249 @@
+"""The retrieval stage: recent history → user tower → FAISS candidates, and the Serve deployment that
+batches it and crosses to the ranking stage once per batch.
+
+``RetrievalCore`` is plain Python over one release (testable without Serve); the ``Retrieval``
+deployment wraps it. Per batch of requests it makes one feature-store call and one ranking call,
+so the per-request cost of a Serve hop is paid only on the way in (see the README's serving notes).
+Everything in a response comes from this replica's release, so a response never mixes versions;
+the ranker is asked for the same version and a replica of another version answers None (retried).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ray import serve
+
+from rayrec.artifacts import load_two_tower_model
+from rayrec.features.batches import dense_history_inputs
+from rayrec.features.vocab import UNK_ID, Vocabulary
+from rayrec.index.ann import ItemIndex
+from rayrec.index.release import EMBEDDINGS, ITEMS, USERS, verify_release
+from rayrec.serve.catalog import PURCHASE_STAGE, ItemFilter, ServingCatalog
+from rayrec.serve.feature_store import UserHistory
+
+log = logging.getLogger(__name__)
+
+
+class ReleaseMismatch(RuntimeError):
+    """A stage was asked to work on another release version than the one it holds (mid-rollout)."""
+
+
+@dataclass(frozen=True)
+class RecommendQuery:
+    user_id: str
+    k: int
+    item_filter: ItemFilter = field(default_factory=ItemFilter)
+    exclude_purchased: bool = True
+
+
+@dataclass
+class CandidateBatch:
+    """Retrieval output for a batch of queries; rows follow the queries. ``cand`` pads with -1."""
+
+    user_vec: np.ndarray  # float32 [B, d]
+    hist_items: np.ndarray  # int64 [B, L]
+    hist_gaps_s: np.ndarray  # float32 [B, L]
+    cand: np.ndarray  # int64 [B, C]
+    retrieval_score: np.ndarray  # float32 [B, C], -inf where cand is -1
+    cold_start: np.ndarray  # bool [B]: no usable history
+
+    def ranking_payload(self, version: str) -> dict[str, Any]:
+        return {"version": version, "user_vec": self.user_vec, "hist_items": self.hist_items,
+                "hist_gaps_s": self.hist_gaps_s, "cand": self.cand, "retrieval_score": self.retrieval_score}
+
+
+class RetrievalCore:
+    def __init__(self, release_dir: Path, device: str = "cpu") -> None:
+        release_dir = Path(release_dir)
+        self.release = verify_release(release_dir)
+        self.version: str = self.release["version"]
+        fingerprint = self.release["vocab_fingerprint"]
+        self.catalog = ServingCatalog(release_dir / ITEMS, self.release["n_items"], self.release["title_tokens"])
+        self.device = torch.device(device)
+        self.model = load_two_tower_model(release_dir / "two_tower", self.catalog.features, fingerprint).to(self.device)
+        self.history_length = int(self.model.spec.history_length)
+        self.users = Vocabulary.load(release_dir, "users") if self.release.get("use_user_id") else None
+        self.embeddings = np.load(release_dir / EMBEDDINGS).astype(np.float32)
+        self.index = ItemIndex.load(release_dir / "index", dim=int(self.release["dim"]),
+                                    n_items=int(self.release["n_items"]), vocab_fingerprint=fingerprint)
+
+    def history_arrays(self, histories: Sequence[UserHistory], now_ms: int) -> dict[str, np.ndarray]:
+        """Model inputs from stored histories: items this release does not know are left out, the
+        newest ``history_length`` kept, gaps measured to ``now_ms``."""
+        b, length = len(histories), self.history_length
+        items = np.zeros((b, length), dtype=np.int64)
+        stages = np.zeros((b, length), dtype=np.int64)
+        gaps = np.zeros((b, length), dtype=np.float32)
+        for row, h in enumerate(histories):
+            ids = self.catalog.ids_of(list(h.item_ids))
+            known = ids != UNK_ID
+            ids = ids[known][-length:]
+            n = len(ids)
+            if n == 0:
+                continue
+            items[row, -n:] = ids
+            stages[row, -n:] = np.asarray(h.stages, dtype=np.int64)[known][-n:]
+            ts = np.asarray(h.ts_ms, dtype=np.int64)[known][-n:]
+            gaps[row, -n:] = np.maximum(now_ms - ts, 0) / 1000.0
+        return dense_history_inputs(items, stages, gaps)
+
+    def _user_idx(self, queries: Sequence[RecommendQuery]) -> torch.Tensor | None:
+        if self.users is None:
+            return None
+        return torch.as_tensor([self.users.id_of(q.user_id) for q in queries], dtype=torch.long)
+
+    @torch.no_grad()
+    def candidates(self, queries: Sequence[RecommendQuery], histories: Sequence[UserHistory], now_ms: int,
+                   n_candidates: int) -> CandidateBatch:
+        h = self.history_arrays(histories, now_ms)
+        t = {k: torch.as_tensor(v, device=self.device) for k, v in h.items()}
+        user_idx = self._user_idx(queries)
+        user_vec = self.model.user_embedding(t["hist_items"], t["hist_types"], t["hist_gaps"],
+                                             None if user_idx is None else user_idx.to(self.device))
+        user_vec = user_vec.float().cpu().numpy()
+        allowed = [self.catalog.allowed(q.item_filter, self._purchased(h["hist_items"][i], h["hist_types"][i])
+                                        if q.exclude_purchased else None) for i, q in enumerate(queries)]
+        c = max(n_candidates, max(q.k for q in queries))
+        _, cand = self.index.search(user_vec, c, allowed if any(a is not None for a in allowed) else None)
+        # Exact inner products from the stored vectors: IVF-PQ scores are approximate, and the ranker
+        # was trained on exact ones.
+        score = np.einsum("bd,bcd->bc", user_vec, self.embeddings[np.maximum(cand, 0)]).astype(np.float32)
+        score[cand < 0] = -np.inf
+        return CandidateBatch(user_vec=user_vec, hist_items=h["hist_items"], hist_gaps_s=h["hist_gaps_s"],
+                              cand=cand.astype(np.int64), retrieval_score=score,
+                              cold_start=~(h["hist_items"] > 0).any(axis=1))
+
+    @staticmethod
+    def _purchased(items: np.ndarray, types: np.ndarray) -> np.ndarray:
+        return np.unique(items[(types == PURCHASE_STAGE + 1) & (items > 0)])
+
+    def results(self, batch: CandidateBatch, queries: Sequence[RecommendQuery],
+                rank_score: np.ndarray | None) -> list[dict[str, Any]]:
+        """Per query: the top k (ranker order when ``rank_score`` is given, else retrieval order)."""
+        out = []
+        for row, q in enumerate(queries):
+            valid = batch.cand[row] >= 0
+            order_score = rank_score[row] if rank_score is not None else batch.retrieval_score[row]
+            order = np.argsort(-np.where(valid, order_score, -np.inf), kind="stable")[: min(q.k, int(valid.sum()))]
+            items = [{**self.catalog.describe(int(batch.cand[row, j])), "score": float(order_score[j]),
+                      "retrieval_score": float(batch.retrieval_score[row, j])} for j in order]  # fmt: skip
+            out.append({"items": items, "cold_start": bool(batch.cold_start[row]), "version": self.version,
+                        "reranked": rank_score is not None, "candidates": int(valid.sum())})
+        return out
+
+    def similar(self, item_id: str, k: int, item_filter: ItemFilter | None = None) -> dict[str, Any] | None:
+        """Item-to-item neighbours by item-tower cosine; None for an item this release does not know."""
+        idx = self.catalog.index_of.get(item_id)
+        if idx is None:
+            return None
+        exclude = np.asarray([idx])
+        allowed = self.catalog.allowed(item_filter or ItemFilter(), exclude)
+        scores, ids = self.index.search(self.embeddings[idx:idx + 1], k, [allowed])
+        items = [{**self.catalog.describe(int(i)), "score": float(s)} for i, s in zip(ids[0], scores[0]) if i >= 0]
+        return {"item": self.catalog.describe(idx), "items": items, "version": self.version}
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def replica_device(num_gpus: float) -> str:
+    """The GPU when the replica was given one and CUDA is there; CPU otherwise (logical GPUs on a CPU
+    box, or a CPU-only torch build), said once in the replica log."""
+    if num_gpus > 0:
+        if torch.cuda.is_available():
+            return "cuda"
+        log.warning("replica reserved %s GPU but CUDA is not available to torch; running on CPU", num_gpus)
+    return "cpu"
+
+
+class StageMetrics:
+    """Per-stage latency histograms, candidate counts and cold starts, exported with Serve's metrics."""
+
+    BOUNDARIES_MS = [0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000]
+
+    def __init__(self) -> None:
+        from ray.serve.metrics import Counter, Histogram
+
+        self.latency = Histogram("rayrec_stage_latency_ms", description="Latency of one serving stage per batch.",
+                                 boundaries=self.BOUNDARIES_MS, tag_keys=("stage",))
+        self.candidates = Histogram("rayrec_candidates", description="Candidates retrieved per request.",
+                                    boundaries=[1, 10, 20, 50, 100, 200, 500, 1000])
+        self.cold_starts = Counter("rayrec_cold_starts", description="Requests answered by the cold-start path.")
+        self.batch_size = Histogram("rayrec_retrieval_batch_size", description="Requests per retrieval batch.",
+                                    boundaries=[1, 2, 4, 8, 16, 32, 64, 128])
+
+    def stage(self, name: str, started: float) -> float:
+        now = time.perf_counter()
+        self.latency.observe((now - started) * 1000, tags={"stage": name})
+        return now
+
+
+class Retrieval:
+    """Serve deployment (decorated in ``app.py``): batched recommend and similar-items."""
+
+    def __init__(self, release_dir: str, serve_cfg: dict[str, Any], ranking: Any | None) -> None:
+        from rayrec.config import ServeConfig
+        from rayrec.runtime import set_threads
+        from rayrec.serve.feature_store import ActorFeatureStore
+
+        cfg = ServeConfig.model_validate(serve_cfg)
+        set_threads(cfg.retrieval.threads)
+        self.cfg = cfg
+        self.core = RetrievalCore(Path(release_dir), replica_device(cfg.retrieval.num_gpus))
+        self.store = ActorFeatureStore.connect(cfg.feature_store, Path(cfg.feature_store.dir),
+                                               Path(release_dir) / "user_histories.parquet", store_name=cfg.app_name)
+        self.ranking = ranking
+        self.metrics = StageMetrics()
+        self._batch.set_max_batch_size(cfg.retrieval.batch_max_size)
+        self._batch.set_batch_wait_timeout_s(cfg.retrieval.batch_wait_timeout_s)
+
+    async def recommend(self, query: RecommendQuery) -> dict[str, Any]:
+        return await self._batch(query)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)  # sizes set from config in __init__
+    async def _batch(self, queries: list[RecommendQuery]) -> list[dict[str, Any]]:
+        t = time.perf_counter()
+        self.metrics.batch_size.observe(len(queries))
+        histories = await self.store.histories([q.user_id for q in queries])
+        t = self.metrics.stage("feature_store", t)
+        batch = self.core.candidates(queries, histories, _now_ms(), self.cfg.candidates)
+        t = self.metrics.stage("retrieval", t)
+        rank_score = await self._rank(batch) if self.ranking is not None and self.cfg.use_ranker else None
+        self.metrics.stage("ranking", t)
+        results = self.core.results(batch, queries, rank_score)
+        for r in results:
+            self.metrics.candidates.observe(r["candidates"])
+            if r["cold_start"]:
+                self.metrics.cold_starts.inc()
+        return results
+
+    async def _rank(self, batch: CandidateBatch) -> np.ndarray | None:
+        payload = batch.ranking_payload(self.core.version)
+        for attempt in range(3):  # mid-rollout a ranking replica may hold the other version: it answers None
+            scores = await self.ranking.rank.remote(payload)
+            if scores is not None:
+                return scores
+            await asyncio.sleep(0.05 * (attempt + 1))
+        log.warning("no ranking replica of release %s answered; returning retrieval order", self.core.version)
+        return None
+
+    async def similar(self, item_id: str, k: int) -> dict[str, Any] | None:
+        return self.core.similar(item_id, k)
+
+    async def ready(self) -> dict[str, Any]:
+        import ray
+
+        ranking = await self.ranking.ready.remote() if self.ranking is not None else None
+        return {"version": self.core.version, "index": self.core.index.manifest.kind,
+                "items": int(self.core.catalog.recommendable.sum()), "device": str(self.core.device),
+                "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "ranking": ranking}

@@ -1,0 +1,168 @@
+"""The serving application over real HTTP against a real local Ray Serve, on the tiny trained models."""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.request
+
+import pyarrow.parquet as pq
+import pytest
+
+from rayrec.config import with_values
+from rayrec.index.release import HISTORIES, build_release
+from rayrec.serve.launch import http_json, start_serving
+
+pytestmark = pytest.mark.integration
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(trained, tmp_path_factory):
+    from ray import serve
+
+    root, cfg, _, _, _ = trained
+    out = tmp_path_factory.mktemp("serving")
+    small = {"num_cpus": 0.1, "max_ongoing_requests": 32, "num_replicas": 1}
+    cfg = with_values(cfg, {
+        "serve.release_dir": str(out / "releases"), "serve.port": _free_port(), "serve.app_name": "rayrec-test",
+        "serve.ingress": small, "serve.retrieval": small, "serve.ranking": small, "serve.max_k": 50,
+        "serve.feature_store.dir": str(out / "store"), "serve.feature_store.num_cpus": 0.01,
+        "serve.candidates": 30,
+    })  # fmt: skip
+    release = build_release(cfg)
+    base = start_serving(cfg, timeout_s=240)
+    yield base, cfg, release
+    serve.delete(cfg.serve.app_name)
+    from rayrec.serve.feature_store import ActorFeatureStore
+
+    ActorFeatureStore.connect(cfg.serve.feature_store, out / "store", None, store_name=cfg.serve.app_name).shutdown()
+
+
+def _users_and_items(release):
+    histories = pq.read_table(release / HISTORIES).to_pylist()
+    items = pq.read_table(release / "items.parquet").to_pylist()
+    return histories, items
+
+
+def test_health_ready_and_openapi(served):
+    base, _, release = served
+    assert http_json("GET", f"{base}/healthz") == (200, {"status": "alive"})
+    status, ready = http_json("GET", f"{base}/readyz")
+    assert status == 200 and ready["ready"] and ready["version"] == release.name
+    with urllib.request.urlopen(f"{base}/openapi.json") as r:
+        paths = json.loads(r.read())["paths"]
+    assert {"/v1/recommend", "/v1/events", "/v1/items/{item_id}/similar", "/healthz", "/readyz"} <= set(paths)
+
+
+def test_recommend_ranks_k_items_from_one_release(served):
+    base, _, release = served
+    histories, _ = _users_and_items(release)
+    user = histories[0]["user_id"]
+    status, body = http_json("POST", f"{base}/v1/recommend", {"user_id": user, "k": 7})
+    assert status == 200, body
+    assert len(body["items"]) == 7 and body["version"] == release.name and body["reranked"]
+    assert not body["cold_start"]
+    scores = [it["score"] for it in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+    assert len({it["item_id"] for it in body["items"]}) == 7
+
+
+def test_unknown_user_gets_the_cold_start_path(served):
+    base, _, _ = served
+    status, body = http_json("POST", f"{base}/v1/recommend", {"user_id": "never-seen-before", "k": 5})
+    assert status == 200 and body["cold_start"] and len(body["items"]) == 5
+
+
+def test_events_change_the_next_recommendation_at_once(served):
+    base, _, release = served
+    _, items = _users_and_items(release)
+    user = "fresh-user-events"
+    _, before = http_json("POST", f"{base}/v1/recommend", {"user_id": user, "k": 10})
+    category = items[0]["category"].split(" > ")[0]
+    clicked = [it["item_id"] for it in items if it["category"].startswith(category)][:5]
+    events = [{"user_id": user, "item_id": i, "event_type": "click"} for i in clicked]
+    assert http_json("POST", f"{base}/v1/events", {"events": events}) == (200, {"accepted": len(events)})
+    _, after = http_json("POST", f"{base}/v1/recommend", {"user_id": user, "k": 10})
+    assert before["cold_start"] and not after["cold_start"]
+    assert [it["item_id"] for it in after["items"]] != [it["item_id"] for it in before["items"]]
+
+
+def test_purchased_items_are_excluded_and_filters_return_full_k(served):
+    base, _, release = served
+    _, items = _users_and_items(release)
+    user = "buyer-1"
+    _, first = http_json("POST", f"{base}/v1/recommend", {"user_id": user, "k": 3})
+    bought = first["items"][0]["item_id"]
+    http_json("POST", f"{base}/v1/events", {"events": [{"user_id": user, "item_id": bought, "event_type": "purchase"}]})
+    _, after = http_json("POST", f"{base}/v1/recommend", {"user_id": user, "k": 20})
+    assert bought not in {it["item_id"] for it in after["items"]}
+    category = items[0]["category"].split(" > ")[0]
+    matching = sum(it["category"].startswith(category) for it in items)
+    k = min(5, matching)
+    status, body = http_json("POST", f"{base}/v1/recommend",
+                             {"user_id": user, "k": k, "filters": {"category": category}})
+    assert status == 200 and len(body["items"]) == k
+    assert all(it["category"].startswith(category) for it in body["items"])
+    prices = sorted(it["price"] for it in items if it["price"] is not None)
+    lo, hi = prices[len(prices) // 4], prices[len(prices) // 2]
+    _, body = http_json("POST", f"{base}/v1/recommend",
+                        {"user_id": user, "k": 5, "filters": {"price_min": lo, "price_max": hi}})
+    assert len(body["items"]) == 5 and all(lo <= it["price"] <= hi for it in body["items"])
+
+
+def test_similar_items_and_unknown_item(served):
+    base, _, release = served
+    _, items = _users_and_items(release)
+    item = items[0]["item_id"]
+    status, body = http_json("GET", f"{base}/v1/items/{item}/similar?k=4")
+    assert status == 200 and len(body["items"]) == 4 and item not in {it["item_id"] for it in body["items"]}
+    status, body = http_json("GET", f"{base}/v1/items/no-such-item/similar")
+    assert status == 404 and "no-such-item" in body["detail"]
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"user_id": "u", "k": 0}, "k"),
+    ({"user_id": "u", "k": 51}, "k"),
+    ({"user_id": "", "k": 5}, "user_id"),
+    ({"k": 5}, "user_id"),
+    ({"user_id": "u", "k": 5, "filters": {"price_min": 10, "price_max": 1}}, "filters"),
+    ({"user_id": "u", "k": 5, "filters": {"price_min": -1}}, "price_min"),
+    ({"user_id": "u", "k": 5, "surprise": 1}, "surprise"),
+])  # fmt: skip
+def test_bad_recommend_requests_get_422_naming_the_field(served, body, field):
+    base, _, _ = served
+    status, answer = http_json("POST", f"{base}/v1/recommend", body)
+    assert status == 422 and field in json.dumps(answer)
+
+
+def _raw_post(url: str, payload: bytes) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=payload, method="POST", headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_non_finite_numbers_and_broken_json_are_422_without_a_traceback(served):
+    base, _, _ = served
+    for payload in (b'{"user_id": "u", "k": 5, "filters": {"price_max": NaN}}',
+                    b'{"user_id": "u", "k": 5, "filters": {"price_min": Infinity}}', b'{"user_id": "u", "k": '):
+        status, answer = _raw_post(f"{base}/v1/recommend", payload)
+        assert status == 422 and "Traceback" not in json.dumps(answer)
+
+
+def test_bad_events_get_422(served):
+    base, _, _ = served
+    ok = {"user_id": "u", "item_id": "i", "event_type": "click"}
+    for events, field in (([{**ok, "event_type": "teleport"}], "event_type"), ([], "events"),
+                          ([{**ok, "ts_ms": 10**15}], "ts_ms"), ([{**ok, "item_id": ""}], "item_id"),
+                          ([ok] * 501, "events")):
+        status, answer = http_json("POST", f"{base}/v1/events", {"events": events})
+        assert status == 422 and field in json.dumps(answer), (field, answer)
