@@ -7,8 +7,8 @@ mostly from one favourite category). Every index is built by ``rayrec.index.ann.
 (tuned on one sample of users) and measured on a second, held-out sample: build seconds, serialized
 size, recall@100 against exact search, batched queries/s with 1 and 2 FAISS threads (best of
 ``--repeats``), and two filtered workloads through ``ItemIndex.search``: the user's favourite category
-only, and "not already bought" (the liked items and 100 of the user's exact top 300 excluded), with recall against the exact
-filtered top 100. Prints a rich table, writes ``benchmarks/results/index.json``.
+only, and "not already bought" (the liked items and 100 of the user's exact top 300 excluded), with
+recall against the exact filtered top 100. Prints a rich table, writes ``benchmarks/results/index.json``.
 
     .venv/bin/python benchmarks/index.py [--items 1000000] [--kinds auto,ivf_pq,hnsw] [--repeats 2]
     .venv/bin/python benchmarks/index.py --items 100000 --kinds auto      # quick try, ~1 minute

@@ -22,12 +22,13 @@ def shared_dataset(name: str) -> Path:
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """A local Ray for integration tests, started once; 2 CPUs like the CI machine."""
+    """A local Ray for integration tests, started once: 2 CPUs like the CI machine, and one logical GPU
+    so fractional-GPU placement of Serve replicas is tested for real (nothing runs CUDA code)."""
     import ray
 
     from rayrec.config import RayConfig
     from rayrec.runtime import init_ray
 
-    init_ray(RayConfig(num_cpus=2, object_store_memory_mb=1024))
+    init_ray(RayConfig(num_cpus=2, num_gpus=1, object_store_memory_mb=1024))
     yield ray
     ray.shutdown()

@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
+from ray.serve.exceptions import BackPressureError
 
 from rayrec.serve.catalog import ItemFilter
 from rayrec.serve.feature_store import EVENT_STAGES, OnlineEvent
@@ -103,12 +104,6 @@ def _unprocessable(field: list[str | int], message: str) -> HTTPException:
     return HTTPException(422, detail=[{"loc": field, "msg": message, "type": "value_error"}])
 
 
-def _is_backpressure(error: BaseException) -> bool:
-    from ray.serve.exceptions import BackPressureError
-
-    return isinstance(error, BackPressureError)
-
-
 def build_fastapi() -> FastAPI:
     api = FastAPI(title="rayrec", version="1", description="Recommendations, events and similar items.")
 
@@ -120,11 +115,15 @@ def build_fastapi() -> FastAPI:
                   for e in error.errors()]
         return JSONResponse({"detail": detail}, status_code=422)
 
+    # A specific handler, not a branch of the catch-all below: Starlette runs Exception handlers in
+    # its outermost middleware, after the error has already escaped the route.
+    @api.exception_handler(BackPressureError)
+    async def _overloaded(request: Request, error: BackPressureError) -> JSONResponse:
+        return JSONResponse({"detail": "overloaded: a serving stage's queue is full; retry shortly"},
+                            status_code=503, headers={"Retry-After": RETRY_AFTER_S})
+
     @api.exception_handler(Exception)
     async def _any_error(request: Request, error: Exception) -> JSONResponse:
-        if _is_backpressure(error):
-            return JSONResponse({"detail": "overloaded: a serving stage's queue is full; retry shortly"},
-                                status_code=503, headers={"Retry-After": RETRY_AFTER_S})
         log.exception("unhandled error on %s", request.url.path)
         return JSONResponse({"detail": f"internal error ({type(error).__name__}); see the replica log"},
                             status_code=500)
@@ -172,7 +171,11 @@ class Ingress:
         started = time.perf_counter()
         query = RecommendQuery(user_id=body.user_id, k=body.k, item_filter=body.filters.to_item_filter(),
                                exclude_purchased=body.exclude_purchased)
-        result = await self.retrieval.recommend.remote(query)
+        try:
+            result = await self.retrieval.recommend.remote(query)
+        except BackPressureError:  # raised here by the handle, so answered here, with Retry-After
+            raise HTTPException(503, detail="overloaded: the retrieval queue is full; retry shortly",
+                                headers={"Retry-After": RETRY_AFTER_S}) from None
         return RecommendResponse(user_id=body.user_id, items=result["items"], version=result["version"],
                                  cold_start=result["cold_start"], reranked=result["reranked"],
                                  took_ms=round((time.perf_counter() - started) * 1000, 3))

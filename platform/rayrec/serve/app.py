@@ -18,7 +18,7 @@ from ray import serve
 from ray.serve import Application
 
 from rayrec.config import DeploymentConfig, RayrecConfig, load_config
-from rayrec.index.release import HISTORIES, release_root, resolve_release
+from rayrec.index.release import HISTORIES, release_root, resolve_release, verify_release
 from rayrec.runtime import worker_env
 from rayrec.serve.api import Ingress
 from rayrec.serve.ranking import Ranking
@@ -62,6 +62,7 @@ def serving_config(cfg: RayrecConfig, base_dir: Path | None = None) -> dict[str,
 def build_app(cfg: RayrecConfig, version: str | None = None, base_dir: Path | None = None) -> Application:
     serve_cfg = serving_config(cfg, base_dir)
     release = resolve_release(Path(serve_cfg["release_dir"]), version or cfg.serve.version).resolve()
+    verify_release(release)  # a corrupt release is refused here, before the running app is touched
     s = cfg.serve
     ranking = None
     if s.use_ranker and (release / "ranker").is_dir():

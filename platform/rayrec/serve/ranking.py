@@ -97,4 +97,5 @@ class Ranking:
         import ray
 
         return {"version": self.core.version, "compression": self.core.compression, "device": str(self.core.device),
-                "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
+                "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+                "replica": serve.get_replica_context().replica_id.unique_id}

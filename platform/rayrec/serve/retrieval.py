@@ -246,4 +246,5 @@ class Retrieval:
         ranking = await self.ranking.ready.remote() if self.ranking is not None else None
         return {"version": self.core.version, "index": self.core.index.manifest.kind,
                 "items": int(self.core.catalog.recommendable.sum()), "device": str(self.core.device),
-                "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "ranking": ranking}
+                "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+                "replica": serve.get_replica_context().replica_id.unique_id, "ranking": ranking}
