@@ -3,6 +3,8 @@ training, compression, tuning and serving tests."""
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from rayrec.config import load_config
@@ -30,3 +32,11 @@ def trained(tmp_path_factory, ray_local):
     retrieval = run_training(cfg, "two_tower", ctx, fault=fault)
     ranker = run_training(cfg, "ranker", ctx, retrieval_dir=retrieval.bundle)
     return root, cfg, ctx, retrieval, ranker
+
+
+@pytest.fixture(scope="session")
+def serve_port() -> int:
+    """One HTTP port for every Serve app in the session: Serve's proxy keeps the port it started on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

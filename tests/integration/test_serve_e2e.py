@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import urllib.request
 
 import pyarrow.parquet as pq
@@ -16,21 +15,15 @@ from rayrec.serve.launch import http_json, start_serving
 pytestmark = pytest.mark.integration
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def served(trained, tmp_path_factory):
+def served(trained, tmp_path_factory, serve_port):
     from ray import serve
 
     root, cfg, _, _, _ = trained
     out = tmp_path_factory.mktemp("serving")
     small = {"num_cpus": 0.1, "max_ongoing_requests": 32, "num_replicas": 1}
     cfg = with_values(cfg, {
-        "serve.release_dir": str(out / "releases"), "serve.port": _free_port(), "serve.app_name": "rayrec-test",
+        "serve.release_dir": str(out / "releases"), "serve.port": serve_port, "serve.app_name": "rayrec-test",
         "serve.ingress": small, "serve.retrieval": small, "serve.ranking": small, "serve.max_k": 50,
         "serve.feature_store.dir": str(out / "store"), "serve.feature_store.num_cpus": 0.01,
         "serve.candidates": 30,

@@ -4,7 +4,6 @@ load, refusing a broken version, and overload answered fast with 503."""
 from __future__ import annotations
 
 import shutil
-import socket
 import threading
 import time
 from collections import Counter
@@ -20,12 +19,6 @@ from rayrec.serve.launch import http_json, start_serving
 pytestmark = pytest.mark.integration
 
 APP = "rayrec-ops"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Load:
@@ -79,7 +72,7 @@ def _wait_for(predicate, timeout_s: float, what: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def ops(trained, tmp_path_factory):
+def ops(trained, tmp_path_factory, serve_port):
     from ray import serve
 
     _, cfg, _, _, _ = trained
@@ -87,7 +80,7 @@ def ops(trained, tmp_path_factory):
     fast = {"target_ongoing_requests": 1, "upscale_delay_s": 1, "downscale_delay_s": 4, "metrics_interval_s": 0.5,
             "look_back_period_s": 2}
     cfg = with_values(cfg, {
-        "serve.release_dir": str(out / "releases"), "serve.port": _free_port(), "serve.app_name": APP,
+        "serve.release_dir": str(out / "releases"), "serve.port": serve_port, "serve.app_name": APP,
         "serve.route_prefix": "/ops", "serve.candidates": 30, "serve.feature_store.dir": str(out / "store"),
         "serve.feature_store.num_cpus": 0.01,
         "serve.ingress": {"num_cpus": 0.1, "num_replicas": 1},
