@@ -8,13 +8,14 @@ the hash and the vocabulary fingerprint before any tensor reaches a model.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+from rayrec.files import file_sha256
 
 if TYPE_CHECKING:
     from rayrec.features.items import ItemFeatureTable
@@ -30,17 +31,13 @@ class ArtifactError(RuntimeError):
     """A bundle that must not be used: missing, corrupt, or built for other data."""
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def save_bundle(directory: Path, model: nn.Module, meta: dict[str, Any],
                 optimizer: torch.optim.Optimizer | None = None) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), directory / WEIGHTS)
     if optimizer is not None:
         torch.save(optimizer.state_dict(), directory / OPTIMIZER)
-    full = {**meta, "weights_sha256": _sha256(directory / WEIGHTS)}
+    full = {**meta, "weights_sha256": file_sha256(directory / WEIGHTS)}
     (directory / META).write_text(json.dumps(full, indent=2, default=str))
     return directory
 
@@ -59,7 +56,7 @@ def load_bundle(directory: Path, kind: str, vocab_fingerprint: str | None) -> tu
     if meta.get("kind") != kind:
         raise ArtifactError(f"{directory}: holds a {meta.get('kind')!r} model, expected {kind!r}")
     weights = directory / WEIGHTS
-    if not weights.is_file() or _sha256(weights) != meta.get("weights_sha256"):
+    if not weights.is_file() or file_sha256(weights) != meta.get("weights_sha256"):
         raise ArtifactError(f"{weights}: missing or does not match the hash in {META}; the file is corrupt or was replaced")
     if vocab_fingerprint is not None and meta.get("vocab_fingerprint") != vocab_fingerprint:
         raise ArtifactError(

@@ -26,7 +26,6 @@ but keep their configured parameters.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -40,6 +39,7 @@ import faiss
 import numpy as np
 
 from rayrec.artifacts import ArtifactError
+from rayrec.files import file_sha256, fsync_path
 from rayrec.config import ConfigError, IndexConfig
 
 INDEX_FILE = "index.faiss"
@@ -260,10 +260,10 @@ class ItemIndex:
         tmp_index = directory / f".{INDEX_FILE}.{os.getpid()}.tmp"
         tmp_manifest = directory / f".{MANIFEST_FILE}.{os.getpid()}.tmp"
         faiss.write_index(self._index, str(tmp_index))
-        _fsync(tmp_index)
-        self.manifest = replace(self.manifest, index_sha256=_sha256(tmp_index))
+        fsync_path(tmp_index)
+        self.manifest = replace(self.manifest, index_sha256=file_sha256(tmp_index))
         tmp_manifest.write_text(json.dumps(self.manifest.to_dict(), indent=2))
-        _fsync(tmp_manifest)
+        fsync_path(tmp_manifest)
         os.replace(tmp_index, directory / INDEX_FILE)
         os.replace(tmp_manifest, directory / MANIFEST_FILE)
         return directory
@@ -289,7 +289,7 @@ class ItemIndex:
                                     f"have {key}={want!r}; rebuild the index from the current embeddings")
         if not index_path.is_file():
             raise ArtifactError(f"{index_path}: missing, though {manifest_path} describes it")
-        digest = _sha256(index_path)
+        digest = file_sha256(index_path)
         if digest != manifest.index_sha256:
             raise ArtifactError(f"{index_path}: SHA-256 {digest[:16]}… does not match "
                                 f"{manifest.index_sha256[:16]}… in {manifest_path}; the file is corrupt or was replaced")
@@ -523,17 +523,3 @@ def _flat_storage(index: faiss.Index) -> np.ndarray | None:
     return faiss.rev_swig_ptr(index.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

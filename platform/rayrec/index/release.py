@@ -19,7 +19,6 @@ atomically after that, so a reader never sees half a release.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -38,6 +37,7 @@ from rayrec.artifacts import ArtifactError, load_two_tower_model, read_meta
 from rayrec.config import RayrecConfig
 from rayrec.features.items import ItemFeatureTable
 from rayrec.features.vocab import Vocabulary
+from rayrec.files import file_sha256
 from rayrec.index.ann import build_item_index
 
 RELEASE_JSON = "release.json"
@@ -77,14 +77,6 @@ def list_versions(root: Path) -> list[str]:
 
 def _version_number(name: str) -> int:
     return int(name[1:]) if name.startswith("v") and name[1:].isdigit() else -1
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def user_histories(processed: Path, users: Vocabulary, items: pd.Series, max_history: int) -> pa.Table:
@@ -154,7 +146,7 @@ def build_release(cfg: RayrecConfig, progress: Callable[[str], None] = lambda _m
         if retrieval.spec.use_user_id:  # the user tower then needs user_id -> user_idx
             shutil.copy2(processed / "vocab" / "users.json", staging / USERS)
 
-        files = {str(p.relative_to(staging)): _sha256(p) for p in sorted(staging.rglob("*")) if p.is_file()}
+        files = {str(p.relative_to(staging)): file_sha256(p) for p in sorted(staging.rglob("*")) if p.is_file()}
         release = {
             "version": version, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "config_name": cfg.name, "vocab_fingerprint": fingerprint, "n_items": n_items,
@@ -185,7 +177,7 @@ def verify_release(path: Path) -> dict[str, Any]:
         file = path / name
         if not file.is_file():
             raise ArtifactError(f"{file}: listed in {RELEASE_JSON} but missing; rebuild the release")
-        if _sha256(file) != expected:
+        if file_sha256(file) != expected:
             raise ArtifactError(f"{file}: does not match its SHA-256 in {RELEASE_JSON}; the file is corrupt or "
                                 "was replaced; rebuild the release")
     return release

@@ -40,6 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rayrec.config import FeatureStoreConfig
+from rayrec.files import fsync_path
 from rayrec.runtime import worker_env
 
 if TYPE_CHECKING:
@@ -236,15 +237,6 @@ def parse_wal(data: bytes) -> WalReplay:
 # Files: snapshot and bootstrap Parquet.
 
 
-def _fsync_path(path: Path) -> None:
-    """fsync a file or folder by path (a folder's fsync makes a rename in it durable)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def histories_table(histories: dict[str, deque[Entry]], last_seq: int) -> pa.Table:
     users = [u for u, h in histories.items() if h]
     columns: dict[str, list[Any]] = {"user_id": users, "item_id": [], "stage": [], "ts_ms": []}
@@ -262,10 +254,10 @@ def write_snapshot(path: Path, table: pa.Table, fsync: bool) -> None:
     tmp = path.with_name(path.name + ".tmp")
     pq.write_table(table, tmp)
     if fsync:
-        _fsync_path(tmp)
+        fsync_path(tmp)
     os.replace(tmp, path)
     if fsync:
-        _fsync_path(path.parent)
+        fsync_path(path.parent)
 
 
 def _table_histories(table: pa.Table) -> Iterable[tuple[str, list[Entry]]]:
