@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -19,6 +19,9 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from rayrec.config import ConfigError, RayrecConfig, load_config
+
+if TYPE_CHECKING:
+    from rayrec.loadtest.runner import LoadtestReport
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="rayrec: logs in, recommendations out.")
 # Tables stay readable when output goes to a log file or CI (no terminal to take the width from).
@@ -41,9 +44,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from rayrec.data.sources import SourceFileError
 
     from rayrec.artifacts import ArtifactError
+    from rayrec.loadtest.runner import LoadtestError
     from rayrec.serve.launch import ServeStartError
 
-    return ConfigError, PreprocessError, SourceFileError, FileNotFoundError, ArtifactError, ServeStartError
+    return (ConfigError, PreprocessError, SourceFileError, FileNotFoundError, ArtifactError, ServeStartError,
+            LoadtestError)
 
 
 def _unwrap(error: BaseException) -> BaseException:
@@ -361,6 +366,10 @@ def _run_serving(cfg: RayrecConfig, version: str | None = None, keep_serving: bo
             console.print(f"   {escape(str(answer))}")
     console.print(f"[bold green]serving[/] {base}  (API docs {base}/docs, ready {base}/readyz)")
     if keep_serving:
+        import signal
+
+        # `ray job stop`, `docker stop` and systemd send SIGTERM: shut Serve down as Ctrl-C does.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
         console.print("press Ctrl-C to stop")
         try:
             while True:
@@ -368,7 +377,83 @@ def _run_serving(cfg: RayrecConfig, version: str | None = None, keep_serving: bo
         except KeyboardInterrupt:
             from ray import serve as ray_serve
 
+            console.print("stopping Serve")
             ray_serve.shutdown()
+
+
+@app.command()
+def loadtest(
+    url: Annotated[str, typer.Option(help="Serving base URL, route prefix included.")] = "http://127.0.0.1:8000",
+    rate: Annotated[Optional[float], typer.Option(help="Fixed request rate (requests/s, open loop).")] = None,
+    users: Annotated[Optional[int], typer.Option(help="Fixed concurrency: users sending back to back.")] = None,
+    max_concurrency: Annotated[int, typer.Option(help="With --rate: simulated users holding the rate; "
+                                                 "rate × latency beyond this saturates the generator.")] = 64,
+    warmup: Annotated[int, typer.Option(help="Seconds sent but left out of the numbers.")] = 10,
+    duration: Annotated[int, typer.Option(help="Seconds measured after the warm-up.")] = 60,
+    k: Annotated[int, typer.Option(help="Items asked for per request.")] = 10,
+    users_pool: Annotated[int, typer.Option(help="Known user ids U000001..U<pool>.")] = 1000,
+    unknown_fraction: Annotated[float, typer.Option(help="Share of requests for unknown users.")] = 0.0,
+    similar_fraction: Annotated[float, typer.Option(help="Share of similar-item requests.")] = 0.0,
+    items_file: Annotated[Optional[Path], typer.Option(help="Item ids for similar-item requests, one a line.")]
+    = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default runs/loadtest/<timestamp>/).")] = None,
+    replicas_every: Annotated[float, typer.Option(help="Seconds between Serve replica-count polls.")] = 2.0,
+    app_name: Annotated[str, typer.Option("--app", help="Serve application whose replicas are counted.")]
+    = "rayrec",
+    ray_address: Annotated[Optional[str], typer.Option(envvar="RAY_ADDRESS", help="Ray to read replica counts "
+                                                        "from, e.g. ray://<head>:10001.")] = None,
+) -> None:
+    """Load the serving app with Locust at a fixed rate or concurrency: latency, throughput, errors and
+    replicas over time, as JSON and PNG."""
+    from rich.markup import escape
+
+    from rayrec.loadtest.contract import RequestMix
+    from rayrec.loadtest.runner import LoadtestSettings, default_out_dir, run_loadtest
+
+    with _user_facing_errors():
+        settings = LoadtestSettings(
+            url=url, rate=rate, users=users, max_concurrency=max_concurrency, warmup_s=warmup, duration_s=duration,
+            mix=RequestMix(users_pool=users_pool, unknown_fraction=unknown_fraction, k=k,
+                           similar_fraction=similar_fraction, items_file=items_file),
+            replicas_every_s=replicas_every, app_name=app_name, ray_address=ray_address)
+        out_dir = out or default_out_dir()
+        load = f"{rate:g} requests/s" if rate is not None else f"{users} users"
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                      TextColumn("{task.completed:.0f}/{task.total:.0f} s"), console=console,
+                      transient=True) as progress:
+            task = progress.add_task(f"loadtest {escape(settings.base_url)}: {load}", total=settings.run_time_s)
+            report = run_loadtest(settings, out_dir,
+                                  on_tick=lambda done, total: progress.update(task, completed=min(done, total)))
+    print_loadtest_summary(report)
+    console.print(f"report {out_dir / 'report.json'}, plot {out_dir / 'report.png'}, "
+                  f"every request in {out_dir / 'records'}")
+
+
+def print_loadtest_summary(report: LoadtestReport) -> None:
+    table = Table(title=f"loadtest {report.url} ({report.measured_s:g} s measured after {report.warmup_s} s warm-up)")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    target = f" (target {report.target_rate:g})" if report.target_rate is not None else ""
+    rows = [("load", f"{report.target_rate:g} req/s, {report.users} users max" if report.target_rate is not None
+             else f"{report.users} users"),
+            ("requests sent (measured)", f"{report.requests_sent:,} ({report.requests_measured:,})"),
+            ("sent/s", f"{report.sent_per_s:,.1f}"), (f"200 answers/s{target}", f"{report.throughput_per_s:,.1f}")]
+    if report.latency is not None:
+        rows += [(f"{name} ms", f"{getattr(report.latency, f'{name}_ms'):,.1f}") for name in ("p50", "p95", "p99",
+                                                                                              "max")]
+    rows += [(f"errors {status}", f"{n:,}") for status, n in report.errors_by_status.items()]
+    if report.replicas:
+        last = report.replicas[-1].running
+        rows += [(f"{name} replicas (min..max, last)",
+                  f"{min(s.running.get(name, 0) for s in report.replicas)}.."
+                  f"{max(s.running.get(name, 0) for s in report.replicas)}, {last.get(name, 0)}") for name in last]
+    for label, value in rows:
+        table.add_row(label, value)
+    console.print(table)
+    if report.saturated:
+        console.print(f"[bold yellow]saturated:[/] {report.saturation_note}")
+    if report.replicas is None or report.replicas_note:
+        console.print(f"[dim]replicas: {report.replicas_note}[/]")
 
 
 @app.command()
@@ -397,6 +482,30 @@ def run(
     if with_serving:
         _run_build_index(cfg)
         _run_serving(cfg, keep_serving=not smoke)
+
+
+@app.command("api-key")
+def api_key(
+    file: Annotated[Path, typer.Option(help="Key file Serve reads (serve.auth.keys_file); keep it out of the repo.")],
+    name: Annotated[str, typer.Option(help="Who the key is for, e.g. storefront.")],
+    scopes: Annotated[str, typer.Option(help="Comma-separated: read (recommend, similar, search), write (events).")]
+    = "read",
+    rate: Annotated[Optional[float], typer.Option(help="This key's requests/s per replica (default serve.auth.rate_per_s).")]
+    = None,
+) -> None:
+    """Make an API key: its SHA-256 goes into FILE, the key is printed once and stored nowhere."""
+    from rayrec.serve.auth import SCOPES, AuthSetupError, add_key
+
+    wanted = [s.strip() for s in scopes.split(",") if s.strip()]
+    unknown = sorted(set(wanted) - set(SCOPES))
+    if not wanted or unknown:
+        raise _fail(f"--scopes must list {', '.join(SCOPES)}; got {scopes!r}")
+    try:
+        key = add_key(file, name, wanted, rate)  # type: ignore[arg-type]
+    except AuthSetupError as e:
+        raise _fail(str(e)) from None
+    console.print(f"key for {name!r} ({', '.join(wanted)}), added to {file}; it is not stored anywhere, copy it now:")
+    print(key)
 
 
 @app.command("config-schema")

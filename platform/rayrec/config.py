@@ -274,6 +274,17 @@ class DeploymentConfig(Section):
     threads: int = Field(1, ge=1, description="torch/OMP/FAISS threads inside a replica.")
     batch_max_size: int = Field(32, ge=1, description="@serve.batch: most requests scored together.")
     batch_wait_timeout_s: float = Field(0.002, ge=0, description="@serve.batch: longest wait to fill a batch.")
+    health_check_period_s: float = Field(10.0, gt=0, description="How often Serve checks each replica (a dead one "
+                                         "is replaced after a failed check).")
+    health_check_timeout_s: float = Field(30.0, gt=0, description="A health check slower than this fails.")
+    graceful_shutdown_timeout_s: float = Field(20.0, ge=0, description="A stopping replica's time to finish its "
+                                               "requests (rollouts, scale-down).")
+
+
+class RetrievalDeploymentConfig(DeploymentConfig):
+    # Each retrieval batch pays one feature-store call and one ranking hop (~10 ms of CPU on 2 cores),
+    # so fuller batches are what keep up under load; 25 ms measured best at p99 < 100 ms.
+    batch_wait_timeout_s: float = Field(0.025, ge=0, description="@serve.batch: longest wait to fill a batch.")
 
 
 class FeatureStoreConfig(Section):
@@ -286,6 +297,18 @@ class FeatureStoreConfig(Section):
     dir: str | None = Field(None, description="Snapshot and write-ahead-log folder (null: <serve.release_dir>/"
                             "feature_store).")
     namespace: str = Field("rayrec", description="Ray namespace of the shard actors (named, detached).")
+
+
+class ServeAuthConfig(Section):
+    required: bool = Field(False, description="Require an API key on the /v1 routes (scope 'read': recommend, "
+                           "similar items, search; 'write': events); 401/403 otherwise.")
+    keys_file: str | None = Field(None, description="JSON file of key hashes and scopes, kept outside the repository "
+                                  "(`rayrec api-key` writes it).")
+    keys_env: str = Field("RAYREC_API_KEYS", description="Environment variable that may hold the same JSON (set it "
+                          "on the nodes that run Serve).")
+    rate_per_s: float = Field(50.0, gt=0, description="Requests/s a key may send to one retrieval replica (429 with "
+                              "Retry-After beyond).")
+    burst: int = Field(100, ge=1, description="Requests a key may send at once before its rate applies.")
 
 
 class ServeConfig(Section):
@@ -301,10 +324,21 @@ class ServeConfig(Section):
     candidates: int = Field(100, ge=1, description="Retrieved candidates the ranker re-orders.")
     max_k: int = Field(100, ge=1, description="Largest k a request may ask for.")
     max_events_per_request: int = Field(500, ge=1, description="Largest batch POST /v1/events accepts.")
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body; larger ones get 413.")
+    auth: ServeAuthConfig = Field(default_factory=ServeAuthConfig)
     use_ranker: bool = Field(True, description="Re-rank retrieved candidates (false: retrieval order).")
-    ingress: DeploymentConfig = Field(default_factory=DeploymentConfig, description="FastAPI ingress replicas.")
-    retrieval: DeploymentConfig = Field(default_factory=DeploymentConfig, description="User tower + FAISS "
-                                        "replicas.")
+    ranking_timeout_s: float = Field(1.0, gt=0, description="Longest wait for the ranking stage per batch; past "
+                                     "it (or if ranking fails) the batch answers in retrieval order, reranked=false.")
+    retry_after_s: float = Field(1.0, ge=0, description="Retry-After seconds sent with 503 when a stage's queue "
+                                 "is full.")
+    user_code_thread: Literal["shared", "separate"] = Field(
+        "shared", description="Where replica code runs: 'shared' runs it and the handle router on the replica's "
+        "own event loop (fewer thread hand-offs: less CPU per request); 'separate' is Serve's default, which keeps "
+        "health checks answering while a long batch computes.")
+    access_log: bool = Field(False, description="Serve's access-log line per request and per stage call in the "
+                             "replica logs (costs CPU per request; your load balancer usually logs access).")
+    retrieval: RetrievalDeploymentConfig = Field(default_factory=RetrievalDeploymentConfig, description="Replicas "
+                                                 "that take HTTP (FastAPI ingress) and run the user tower + FAISS.")
     ranking: DeploymentConfig = Field(default_factory=DeploymentConfig, description="Ranker replicas.")
     feature_store: FeatureStoreConfig = Field(default_factory=FeatureStoreConfig)
 
@@ -317,6 +351,11 @@ class RayConfig(Section):
     object_store_memory_mb: int | None = Field(None, description="Object store size for a local Ray.")
     num_gpus: int | None = Field(None, description="GPUs a local Ray declares (null: those it detects). Declaring "
                                  "logical GPUs on a CPU machine tests fractional-GPU placement for real.")
+    env: dict[str, str] = Field(default_factory=dict, description="Environment of a local Ray's processes "
+                                "(Serve's proxy and controller read theirs at start), e.g. RAY_SERVE_ENABLE_HA_PROXY: "
+                                "'1' for HTTP through HAProxy with direct ingress (several times the Python proxy's "
+                                "requests/s; replicas' HTTP ports then listen on all interfaces). A cluster sets "
+                                "these on its nodes (cluster.yaml); joining one, they are only checked.")
 
 
 class RayrecConfig(Section):

@@ -54,9 +54,14 @@ def init_ray(cfg: RayConfig | None = None) -> None:
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     runtime_env = {"env_vars": worker_env(), "worker_process_setup_hook": "rayrec.runtime.quiet_worker_logs"}
     if address:
+        missing = {k: v for k, v in cfg.env.items() if os.environ.get(k) != v}
+        if missing:  # the cluster's processes started with their own environment; this cannot change it
+            logging.getLogger(__name__).warning("ray.env %s is not this process's environment; joining %s, the "
+                                                "cluster's nodes must set it themselves", missing, address)
         ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
         _quiet_ray_data()
         return
+    os.environ.update(cfg.env)  # inherited by the raylet, so by Serve's controller, proxy and replicas
     ray.init(
         num_cpus=cfg.num_cpus,
         num_gpus=cfg.num_gpus,

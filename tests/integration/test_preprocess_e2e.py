@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -11,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from rayrec.config import load_config
-from rayrec.data.preprocess import PreprocessError, run_preprocess
+from rayrec.data.preprocess import run_preprocess
 from rayrec.data.synthetic import generate
 from tests.conftest import REPO
 
@@ -91,30 +90,3 @@ def test_item_table_covers_the_catalog(tiny):
     assert len(items) == manifest["catalog"]["kept"] == manifest["vocab_sizes"]["items"] - 2
     assert items["item_idx"].tolist() == list(range(2, len(items) + 2))
     assert items["price_bucket"].between(1, 10).all() and items["title_tokens"].map(len).gt(0).all()
-
-
-def test_truncated_parquet_and_empty_file_are_named_and_counts_add_up(tmp_path, ray_local):
-    generate(tmp_path / "raw", scale="tiny", seed=5)
-    log = pd.read_csv(next((tmp_path / "raw" / "events").glob("*.csv")), dtype=str, keep_default_na=False)
-    parquet_dir = tmp_path / "parquet"
-    parquet_dir.mkdir()
-    half = len(log) // 2
-    log.iloc[:half].to_parquet(parquet_dir / "a.parquet")
-    log.iloc[half:].to_parquet(parquet_dir / "b.parquet")
-    whole = (parquet_dir / "b.parquet").read_bytes()
-    (parquet_dir / "b.parquet").write_bytes(whole[: len(whole) // 2])  # truncated mid-file
-    (parquet_dir / "c.parquet").write_bytes(b"")
-    catalog = tmp_path / "catalog.parquet"
-    pd.read_csv(tmp_path / "raw" / "catalog.csv", dtype=str, keep_default_na=False).to_parquet(catalog)
-    generic = ["source.format=generic", "source.file_format=parquet", f"source.events={parquet_dir}", f"source.catalog={catalog}",
-               "source.columns={" + ", ".join(f"{c}: {c}" for c in log.columns) + "}",
-               "source.catalog_columns={item_id: item_id, title: title, category: category, brand: brand, price: price}"]
-    with pytest.raises(PreprocessError, match="b.parquet"):
-        run_preprocess(_config(tmp_path, tmp_path / "a", *generic))
-    manifest = run_preprocess(_config(tmp_path, tmp_path / "b", *generic, "source.on_bad_file=skip"))
-    assert [Path(b["path"]).name for b in manifest["source"]["bad_files"]] == ["b.parquet"]
-    assert [Path(p).name for p in manifest["source"]["empty_files"]] == ["c.parquet"]
-    c = manifest["counts"]
-    assert c["rows_read"] == half and c["adds_up"]
-    saved = json.loads((tmp_path / "b" / "manifest.json").read_text())
-    assert saved["counts"] == c

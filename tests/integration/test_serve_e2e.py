@@ -24,7 +24,7 @@ def served(trained, tmp_path_factory, serve_port):
     small = {"num_cpus": 0.1, "max_ongoing_requests": 32, "num_replicas": 1}
     cfg = with_values(cfg, {
         "serve.release_dir": str(out / "releases"), "serve.port": serve_port, "serve.app_name": "rayrec-test",
-        "serve.ingress": small, "serve.retrieval": small, "serve.ranking": small, "serve.max_k": 50,
+        "serve.retrieval": small, "serve.ranking": small, "serve.max_k": 50,
         "serve.feature_store.dir": str(out / "store"), "serve.feature_store.num_cpus": 0.01,
         "serve.candidates": 30,
     })  # fmt: skip
@@ -159,3 +159,50 @@ def test_bad_events_get_422(served):
                           ([ok] * 501, "events")):
         status, answer = http_json("POST", f"{base}/v1/events", {"events": events})
         assert status == 422 and field in json.dumps(answer), (field, answer)
+
+
+def test_loadtest_drives_the_app_and_counts_its_replicas(served, tmp_path):
+    from rayrec.loadtest.contract import RequestMix
+    from rayrec.loadtest.runner import LoadtestSettings, run_loadtest
+
+    base, cfg, release = served
+    items = tmp_path / "items.txt"
+    items.write_text("\n".join(pq.read_table(release / "items.parquet", columns=["item_id"])["item_id"]
+                               .to_pylist()[:20]))
+    settings = LoadtestSettings(url=base, rate=10, max_concurrency=4, warmup_s=1, duration_s=4,
+                                mix=RequestMix(users_pool=50, unknown_fraction=0.2, k=5, similar_fraction=0.3,
+                                               items_file=items),
+                                replicas_every_s=1, app_name=cfg.serve.app_name)
+    report = run_loadtest(settings, tmp_path / "out")
+    assert report.requests_measured > 0 and report.errors_by_status == {}, report.errors_by_status
+    assert report.latency is not None and report.latency.p99_ms >= report.latency.p50_ms > 0
+    assert report.replicas, report.replicas_note  # read from this Ray's Serve while the load ran
+    assert {s.running.get("Retrieval") for s in report.replicas} == {1}
+    assert (tmp_path / "out" / "report.json").is_file() and (tmp_path / "out" / "report.png").is_file()
+
+
+def test_stage_latencies_and_serve_metrics_reach_prometheus(served):
+    """Ray's metrics agent exports Serve's own metrics and ours in Prometheus text format."""
+    import time
+
+    import ray
+
+    base, _, _ = served
+    for i in range(5):
+        assert http_json("POST", f"{base}/v1/recommend", {"user_id": f"metrics-{i}", "k": 3})[0] == 200
+    port = ray._private.worker.global_worker.node.metrics_export_port
+    wanted = ("ray_rayrec_stage_latency_ms_bucket", "ray_rayrec_candidates_bucket", "ray_rayrec_cold_starts",
+              "ray_rayrec_retrieval_batch_size_bucket", "ray_serve_deployment_request_counter",
+              "ray_serve_deployment_processing_latency_ms_bucket")
+    deadline, text = time.monotonic() + 60, ""
+    while time.monotonic() < deadline:  # exported every few seconds, not at once
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        if all(name in text for name in wanted):
+            break
+        time.sleep(2)
+    missing = [name for name in wanted if name not in text]
+    assert not missing, missing
+    stages = {line.split('stage="')[1].split('"')[0] for line in text.splitlines()
+              if line.startswith("ray_rayrec_stage_latency_ms_bucket") and 'stage="' in line}
+    assert stages >= {"feature_store", "retrieval", "ranking"}, stages

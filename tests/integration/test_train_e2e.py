@@ -95,5 +95,15 @@ def test_a_tiny_tune_runs_through_ray_tune_and_resumes(trained, tmp_path):
     assert outcome.front and outcome.pareto_png.stat().st_size > 0 and "chosen" in outcome.report_md.read_text()
     chosen = load_config(outcome.chosen_yaml)
     assert chosen.ranker.cross_rank == outcome.chosen.params["ranker.cross_rank"]
+    # The chosen YAML is a serving config as it stands: a release is built from it and Serve's
+    # builder (what `serve deploy configs/serve.yaml` calls) turns it into the app.
+    from ray.serve import Application
+
+    from rayrec.index.release import build_release
+    from rayrec.serve.app import app_builder
+
+    releases = [f"serve.release_dir={tmp_path / 'releases'}"]
+    build_release(load_config(outcome.chosen_yaml, releases))
+    assert isinstance(app_builder({"config": str(outcome.chosen_yaml), "set": releases}), Application)
     again = run_tune(cfg, resume=True)  # Tuner.restore: the finished trials are kept, not rerun
     assert sorted(r.trial for r in again.rows) == sorted(r.trial for r in outcome.rows)

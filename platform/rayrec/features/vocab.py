@@ -12,9 +12,13 @@ import hashlib
 import json
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 PAD_ID = 0
 UNK_ID = 1
@@ -90,7 +94,7 @@ def vocab_set_fingerprint(vocabs: Iterable[Vocabulary]) -> str:
     return hashlib.sha256(joined.encode()).hexdigest()[:16]
 
 
-def encode_token_lists(vocab: Vocabulary | pd.Index, lists: list[list[str]]) -> "pa.ListArray":
+def encode_token_lists(vocab: Vocabulary | pd.Index, lists: list[list[str]]) -> pa.ListArray:
     """Many token lists encoded in one vectorised lookup, as an Arrow list<int32> array."""
     import pyarrow as pa
 

@@ -122,7 +122,7 @@ def build_release(cfg: RayrecConfig, progress: Callable[[str], None] = lambda _m
     staging.mkdir(parents=True)
     try:
         progress(f"copying models into {version}")
-        retrieval_meta = _copy_bundle(models / "two_tower", staging / "two_tower")
+        _copy_bundle(models / "two_tower", staging / "two_tower")
         ranker_meta = _copy_bundle(ranker_dir, staging / "ranker") if ranker_dir.exists() else None
         shutil.copy2(processed / "items.parquet", staging / ITEMS)
 

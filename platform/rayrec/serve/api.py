@@ -1,7 +1,10 @@
-"""The HTTP API: versioned pydantic request/response models and the FastAPI ingress deployment.
+"""The HTTP API: versioned pydantic request/response models and the FastAPI ingress, which is the
+retrieval deployment.
 
-The ingress validates, forwards and shapes answers; it holds no model and no catalog, so every
-recommendation is composed by one retrieval replica from one release. Errors are JSON with a
+HTTP lands on a retrieval replica directly: validation, the batched retrieval stage and the answer
+happen in one process, so a request pays one proxy hop and shares the ranking hop with its batch
+(a separate ingress deployment cost a hop and ~5 ms of CPU per request on 2 cores). Every
+recommendation is composed by one replica from one release. Errors are JSON with a
 reason: 404 unknown item, 422 bad fields (k out of bounds, non-finite numbers, unknown event
 types), 503 with ``Retry-After`` when a stage's queue is full, and no stack traces ever.
 ``POST /v1/search`` joins the ``/v1`` routes here when the search stage lands.
@@ -11,16 +14,18 @@ import logging
 import time
 from typing import Any, Literal
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 
+from rayrec.serve.auth import AuthRejected, Scope, guard_from_config
 from rayrec.serve.catalog import ItemFilter
 from rayrec.serve.feature_store import EVENT_STAGES, OnlineEvent
-from rayrec.serve.retrieval import RecommendQuery
+from rayrec.serve.retrieval import RecommendQuery, RetrievalStage
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +109,40 @@ def _unprocessable(field: list[str | int], message: str) -> HTTPException:
     return HTTPException(422, detail=[{"loc": field, "msg": message, "type": "value_error"}])
 
 
+class BodySizeLimit:
+    """413 with a JSON reason for a body over ``app.state.max_body_bytes``: refused up front when its
+    Content-Length says so, cut off while streaming when it grows past the limit (chunked bodies).
+    FastAPI's own ``max_body_size`` answers in plain text, so it is left unset."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        limit = getattr(scope["app"].state, "max_body_bytes", None) if scope["type"] == "http" else None
+        if limit is None:
+            await self.app(scope, receive, send)
+            return
+        reason = f"request body is over the {limit}-byte limit (serve.max_body_bytes); send less per request"
+        length = dict(scope.get("headers") or ()).get(b"content-length", b"")
+        if length.isdigit() and int(length) > limit:
+            await JSONResponse({"detail": reason}, status_code=413)(scope, receive, send)
+            return
+        received = 0
+
+        async def counted_receive() -> dict:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > limit:  # FastAPI re-raises HTTPException from a body read; its handler answers JSON
+                raise HTTPException(413, detail=reason)
+            return message
+
+        await self.app(scope, counted_receive, send)
+
+
 def build_fastapi() -> FastAPI:
     api = FastAPI(title="rayrec", version="1", description="Recommendations, events and similar items.")
+    api.add_middleware(BodySizeLimit)
 
     @api.exception_handler(RequestValidationError)
     async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -132,24 +169,44 @@ def build_fastapi() -> FastAPI:
 
 
 api = build_fastapi()
+api.state.guard = None  # set per replica from serve.auth (one Retrieval per replica process)
+
+_bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <API key> (when serve.auth.required)")
+_api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="The API key (when serve.auth.required)")
+
+
+def access(scope: Scope) -> Any:
+    """A route dependency: the caller's key must hold ``scope`` and be under its rate (401/403/429)."""
+
+    async def check(request: Request, bearer: HTTPAuthorizationCredentials | None = Security(_bearer),
+                    api_key: str | None = Security(_api_key)) -> str | None:
+        guard = request.app.state.guard
+        if guard is None:
+            return None
+        try:
+            return guard.check(f"Bearer {bearer.credentials}" if bearer else None, api_key, scope)
+        except AuthRejected as e:
+            raise HTTPException(e.status, detail=e.reason, headers=e.headers) from None
+
+    return Depends(check)
 
 
 # Decorated here, at import, not in app.py: replicas import this module afresh, and the routes must
 # already be bound to the class there (decorating a driver-side copy leaves `self` a query field).
 @serve.ingress(api)
-class Ingress:
-    """Serve deployment (made one in ``app.py``)."""
+class Retrieval:
+    """Serve deployment (made one in ``app.py``): the HTTP routes over this replica's retrieval stage."""
 
-    def __init__(self, retrieval: Any, serve_cfg: dict[str, Any], bootstrap: str | None) -> None:
-        from pathlib import Path
-
+    def __init__(self, release_dir: str, serve_cfg: dict[str, Any], ranking: Any | None) -> None:
         from rayrec.config import ServeConfig
-        from rayrec.serve.feature_store import ActorFeatureStore
+        from rayrec.runtime import set_threads
 
         self.cfg = ServeConfig.model_validate(serve_cfg)
-        self.retrieval = retrieval
-        self.store = ActorFeatureStore.connect(self.cfg.feature_store, Path(self.cfg.feature_store.dir),
-                                               Path(bootstrap) if bootstrap else None, store_name=self.cfg.app_name)
+        set_threads(self.cfg.retrieval.threads)
+        a = self.cfg.auth
+        api.state.guard = guard_from_config(a.required, a.keys_file, a.keys_env, a.rate_per_s, a.burst)
+        api.state.max_body_bytes = self.cfg.max_body_bytes
+        self.stage = RetrievalStage(release_dir, self.cfg, ranking)
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, str]:
@@ -158,29 +215,25 @@ class Ingress:
     @api.get("/readyz")
     async def readyz(self) -> JSONResponse:
         try:
-            info = await self.retrieval.ready.remote()
+            info = await self.stage.ready()
         except Exception as e:  # not ready is an answer, not an error
             return JSONResponse({"ready": False, "reason": f"retrieval not ready: {type(e).__name__}"},
                                 status_code=503, headers={"Retry-After": RETRY_AFTER_S})
         return JSONResponse({"ready": True, **info})
 
-    @api.post("/v1/recommend", response_model=RecommendResponse)
+    @api.post("/v1/recommend", response_model=RecommendResponse, dependencies=[access("read")])
     async def recommend(self, body: RecommendRequest) -> RecommendResponse:
         if body.k > self.cfg.max_k:
             raise _unprocessable(["body", "k"], f"k must be <= {self.cfg.max_k} (serve.max_k); got {body.k}")
         started = time.perf_counter()
         query = RecommendQuery(user_id=body.user_id, k=body.k, item_filter=body.filters.to_item_filter(),
                                exclude_purchased=body.exclude_purchased)
-        try:
-            result = await self.retrieval.recommend.remote(query)
-        except BackPressureError:  # raised here by the handle, so answered here, with Retry-After
-            raise HTTPException(503, detail="overloaded: the retrieval queue is full; retry shortly",
-                                headers={"Retry-After": RETRY_AFTER_S}) from None
+        result = await self.stage.recommend(query)
         return RecommendResponse(user_id=body.user_id, items=result["items"], version=result["version"],
                                  cold_start=result["cold_start"], reranked=result["reranked"],
                                  took_ms=round((time.perf_counter() - started) * 1000, 3))
 
-    @api.post("/v1/events", response_model=EventsResponse)
+    @api.post("/v1/events", response_model=EventsResponse, dependencies=[access("write")])
     async def events(self, body: EventsRequest) -> EventsResponse:
         limit = self.cfg.max_events_per_request
         if len(body.events) > limit:
@@ -193,13 +246,13 @@ class Ingress:
                                      "time in milliseconds since the epoch, or omit it for 'now'")
         events = [OnlineEvent(user_id=e.user_id, item_id=e.item_id, stage=EVENT_STAGES[e.event_type],
                               ts_ms=e.ts_ms if e.ts_ms is not None else now) for e in body.events]
-        return EventsResponse(accepted=await self.store.append(events))
+        return EventsResponse(accepted=await self.stage.store.append(events))
 
-    @api.get("/v1/items/{item_id}/similar", response_model=SimilarResponse)
+    @api.get("/v1/items/{item_id}/similar", response_model=SimilarResponse, dependencies=[access("read")])
     async def similar(self, item_id: str, k: int = 10) -> SimilarResponse:
         if not 1 <= k <= self.cfg.max_k:
             raise _unprocessable(["query", "k"], f"k must be between 1 and {self.cfg.max_k}; got {k}")
-        result = await self.retrieval.similar.remote(item_id, k)
+        result = self.stage.core.similar(item_id, k)
         if result is None:
             raise HTTPException(404, detail=f"unknown item_id {item_id!r}")
         return SimilarResponse(**result)

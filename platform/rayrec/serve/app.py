@@ -1,8 +1,8 @@
 """`build_app`: the one place to read the serving graph, and the builder `serve deploy` imports.
 
-    HTTP → Ingress (FastAPI) → Retrieval (feature store, user tower, FAISS; batched)
-                                   └→ Ranking (ranker; once per retrieval batch)
-    Ingress → feature store (POST /v1/events)
+    HTTP → Retrieval (FastAPI ingress; per batch: feature store, user tower, FAISS)
+               └→ Ranking (ranker; once per retrieval batch)
+    Retrieval → feature store (POST /v1/events)
 
 Every deployment takes replicas or autoscaling, queue limits and CPU/GPU fractions from
 ``serve.<stage>`` in the config. ``configs/serve.yaml`` points Serve at ``app_builder`` with the
@@ -17,21 +17,35 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
-from rayrec.config import DeploymentConfig, RayrecConfig, load_config
-from rayrec.index.release import HISTORIES, release_root, resolve_release, verify_release
+from rayrec.config import DeploymentConfig, RayrecConfig, ServeConfig, load_config
+from rayrec.index.release import release_root, resolve_release, verify_release
 from rayrec.runtime import worker_env
-from rayrec.serve.api import Ingress
+from rayrec.serve.api import Retrieval
 from rayrec.serve.ranking import Ranking
-from rayrec.serve.retrieval import Retrieval
 
 
-def deployment_options(d: DeploymentConfig) -> dict[str, Any]:
+def replica_env(d: DeploymentConfig, s: ServeConfig) -> dict[str, str]:
+    """Threads, and where Serve runs replica code: Serve reads these when the replica process imports
+    it, so they are set per replica rather than on the driver."""
+    env = worker_env(d.threads)
+    if s.user_code_thread == "shared":
+        env |= {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
+    return env
+
+
+def deployment_options(d: DeploymentConfig, s: ServeConfig) -> dict[str, Any]:
     """Serve deployment options from one stage's config section."""
     options: dict[str, Any] = {
         "max_ongoing_requests": d.max_ongoing_requests,
         "max_queued_requests": d.max_queued_requests,
+        "health_check_period_s": d.health_check_period_s,
+        "health_check_timeout_s": d.health_check_timeout_s,
+        "graceful_shutdown_timeout_s": d.graceful_shutdown_timeout_s,
+        # A full queue is refused by Serve itself (proxy or handle) with 503 and Retry-After.
+        "backpressure_config": {"status_code": 503, "retry_after_s": s.retry_after_s},
+        "logging_config": {"enable_access_log": s.access_log},
         "ray_actor_options": {"num_cpus": d.num_cpus, "num_gpus": d.num_gpus,
-                              "runtime_env": {"env_vars": worker_env(d.threads)}},
+                              "runtime_env": {"env_vars": replica_env(d, s)}},
     }  # fmt: skip
     if d.num_replicas is not None:
         options["num_replicas"] = d.num_replicas
@@ -66,12 +80,10 @@ def build_app(cfg: RayrecConfig, version: str | None = None, base_dir: Path | No
     s = cfg.serve
     ranking = None
     if s.use_ranker and (release / "ranker").is_dir():
-        ranking = (serve.deployment(Ranking, name="Ranking").options(**deployment_options(s.ranking))
+        ranking = (serve.deployment(Ranking, name="Ranking").options(**deployment_options(s.ranking, s))
                    .bind(str(release), serve_cfg, cfg.ranker.purchase_weight))
-    retrieval = (serve.deployment(Retrieval, name="Retrieval").options(**deployment_options(s.retrieval))
-                 .bind(str(release), serve_cfg, ranking))
-    ingress = serve.deployment(Ingress, name="Ingress").options(**deployment_options(s.ingress))
-    return ingress.bind(retrieval, serve_cfg, str(release / HISTORIES))
+    retrieval = serve.deployment(Retrieval, name="Retrieval").options(**deployment_options(s.retrieval, s))
+    return retrieval.bind(str(release), serve_cfg, ranking)
 
 
 def app_builder(args: dict[str, Any]) -> Application:

@@ -439,8 +439,6 @@ class ActorFeatureStore:
                 store_name: str = "default") -> ActorFeatureStore:
         """Get (or start) the store's shard actors and wait until they have loaded their data.
         ``bootstrap`` is read only by shards that have neither a snapshot nor a WAL yet."""
-        import ray
-
         directory = Path(directory).resolve()  # actors do not share the driver's working folder
         check_shard_layout(directory, cfg.shards)
         actor_class = _shard_actor_class()

@@ -54,10 +54,12 @@ def wait_ready(base: str, timeout_s: float) -> dict[str, Any]:
     raise ServeStartError(f"{base}/readyz not ready after {timeout_s:.0f} s ({last})")
 
 
-def http_json(method: str, url: str, body: Any = None, timeout_s: float = 30.0) -> tuple[int, Any]:
+def http_json(method: str, url: str, body: Any = None, timeout_s: float = 30.0,
+              headers: dict[str, str] | None = None) -> tuple[int, Any]:
     """(status, decoded JSON) with the standard library; error statuses are returned, not raised."""
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(url, data=data, method=method,
+                                     headers={"Content-Type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
             return response.status, json.loads(response.read() or b"null")

@@ -2,10 +2,18 @@
 
 Retrieval sends one payload per batch of requests; ``@serve.batch`` merges payloads arriving from
 several retrieval replicas into one forward pass. ``RankingCore`` is the plain-Python part.
+
+A payload is always scored by the ranker of the release that retrieved it. Mid-rollout a replica
+gets payloads of the other release too (Serve rolls the two deployments independently), so it loads
+that release's ranker beside its own (one other at most, checked against the release's hashes);
+answers stay reranked and never mix versions. A release that cannot be loaded answers None and
+retrieval falls back to its own order.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +21,15 @@ import numpy as np
 import torch
 from ray import serve
 
-from rayrec.artifacts import load_ranker_model
+from rayrec.artifacts import ArtifactError, load_ranker_model
 from rayrec.features.items import ItemFeatureTable
-from rayrec.index.release import ITEMS, verify_release
+from rayrec.index.release import ITEMS, resolve_release, verify_release
 from rayrec.models.ranker import Ranker
 from rayrec.serve.retrieval import ReleaseMismatch, replica_device
 
 PAYLOAD_ARRAYS = ("user_vec", "hist_items", "hist_gaps_s", "cand", "retrieval_score")
+
+log = logging.getLogger(__name__)
 
 
 class RankingCore:
@@ -64,6 +74,16 @@ def merge_payloads(payloads: list[dict[str, Any]]) -> tuple[dict[str, Any], list
     return merged, [len(p["cand"]) for p in payloads], [p["cand"].shape[1] for p in payloads]
 
 
+def _score(core: RankingCore, payloads: list[dict[str, Any]]) -> list[np.ndarray]:
+    merged, rows, widths = merge_payloads(payloads)
+    scores = core.score(merged)
+    out, lo = [], 0
+    for n, w in zip(rows, widths):
+        out.append(scores[lo:lo + n, :w])
+        lo += n
+    return out
+
+
 class Ranking:
     """Serve deployment (decorated in ``app.py``)."""
 
@@ -73,25 +93,41 @@ class Ranking:
 
         cfg = ServeConfig.model_validate(serve_cfg)
         set_threads(cfg.ranking.threads)
-        self.core = RankingCore(Path(release_dir), purchase_weight, replica_device(cfg.ranking.num_gpus))
+        self.device = replica_device(cfg.ranking.num_gpus)
+        self.purchase_weight = purchase_weight
+        self.core = RankingCore(Path(release_dir), purchase_weight, self.device)
+        self._release_root = Path(release_dir).parent
+        self._other: RankingCore | None = None  # the release rolling in or out beside this one
+        self._loading = asyncio.Lock()
         self.rank.set_max_batch_size(cfg.ranking.batch_max_size)
         self.rank.set_batch_wait_timeout_s(cfg.ranking.batch_wait_timeout_s)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.001)  # sizes set from config in __init__
     async def rank(self, payloads: list[dict[str, Any]]) -> list[np.ndarray | None]:
-        """Scores per payload; None for a payload of another release (the caller retries elsewhere)."""
-        mine = [p for p in payloads if p["version"] == self.core.version]
-        scores = iter(self._score(mine) if mine else [])
-        return [next(scores) if p["version"] == self.core.version else None for p in payloads]
-
-    def _score(self, payloads: list[dict[str, Any]]) -> list[np.ndarray]:
-        merged, rows, widths = merge_payloads(payloads)
-        scores = self.core.score(merged)
-        out, lo = [], 0
-        for n, w in zip(rows, widths):
-            out.append(scores[lo:lo + n, :w])
-            lo += n
+        """Scores per payload, by its own release's ranker; None where that ranker cannot be loaded."""
+        out: list[np.ndarray | None] = [None] * len(payloads)
+        for version in dict.fromkeys(p["version"] for p in payloads):
+            core = await self._core_for(version)
+            if core is None:
+                continue
+            rows = [i for i, p in enumerate(payloads) if p["version"] == version]
+            for i, scores in zip(rows, _score(core, [payloads[i] for i in rows])):
+                out[i] = scores
         return out
+
+    async def _core_for(self, version: str) -> RankingCore | None:
+        if version == self.core.version:
+            return self.core
+        async with self._loading:  # concurrent batches of the new version load it once
+            if self._other is None or self._other.version != version:
+                try:
+                    release = resolve_release(self._release_root, version)
+                    self._other = await asyncio.to_thread(RankingCore, release, self.purchase_weight, self.device)
+                except (ArtifactError, FileNotFoundError) as e:
+                    log.warning("cannot rank for release %s beside %s: %s", version, self.core.version, e)
+                    return None
+                log.info("ranking release %s beside %s (a rollout is under way)", version, self.core.version)
+            return self._other
 
     async def ready(self) -> dict[str, Any]:
         import ray

@@ -1,11 +1,12 @@
-"""The retrieval stage: recent history → user tower → FAISS candidates, and the Serve deployment that
-batches it and crosses to the ranking stage once per batch.
+"""The retrieval stage: recent history → user tower → FAISS candidates, batched, crossing to the
+ranking stage once per batch.
 
-``RetrievalCore`` is plain Python over one release (testable without Serve); the ``Retrieval``
-deployment wraps it. Per batch of requests it makes one feature-store call and one ranking call,
-so the per-request cost of a Serve hop is paid only on the way in (see the README's serving notes).
+``RetrievalCore`` is plain Python over one release (testable without Serve); ``RetrievalStage``
+batches requests with ``@serve.batch`` inside the HTTP ingress replica (``api.Retrieval``), so a
+request crosses no Serve hop of its own: the feature store and the ranker are called once per batch
+(hops are the CPU budget on small machines; see the README's serving notes).
 Everything in a response comes from this replica's release, so a response never mixes versions;
-the ranker is asked for the same version and a replica of another version answers None (retried).
+the payload names its version and is ranked by that release's ranker (see ranking.py).
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ import torch
 from ray import serve
 
 from rayrec.artifacts import load_two_tower_model
+from rayrec.config import ServeConfig
 from rayrec.features.batches import dense_history_inputs
 from rayrec.features.vocab import UNK_ID, Vocabulary
 from rayrec.index.ann import ItemIndex
-from rayrec.index.release import EMBEDDINGS, ITEMS, USERS, verify_release
+from rayrec.index.release import EMBEDDINGS, HISTORIES, ITEMS, verify_release
 from rayrec.serve.catalog import PURCHASE_STAGE, ItemFilter, ServingCatalog
 from rayrec.serve.feature_store import UserHistory
 
@@ -188,20 +190,18 @@ class StageMetrics:
         return now
 
 
-class Retrieval:
-    """Serve deployment (decorated in ``app.py``): batched recommend and similar-items."""
+class RetrievalStage:
+    """What a retrieval replica does per request, batched: the HTTP ingress deployment (``api.py``)
+    owns one. Per batch: one feature-store call, the user tower and FAISS over the whole batch, one
+    ranking call."""
 
-    def __init__(self, release_dir: str, serve_cfg: dict[str, Any], ranking: Any | None) -> None:
-        from rayrec.config import ServeConfig
-        from rayrec.runtime import set_threads
+    def __init__(self, release_dir: str, cfg: ServeConfig, ranking: Any | None) -> None:
         from rayrec.serve.feature_store import ActorFeatureStore
 
-        cfg = ServeConfig.model_validate(serve_cfg)
-        set_threads(cfg.retrieval.threads)
         self.cfg = cfg
         self.core = RetrievalCore(Path(release_dir), replica_device(cfg.retrieval.num_gpus))
         self.store = ActorFeatureStore.connect(cfg.feature_store, Path(cfg.feature_store.dir),
-                                               Path(release_dir) / "user_histories.parquet", store_name=cfg.app_name)
+                                               Path(release_dir) / HISTORIES, store_name=cfg.app_name)
         self.ranking = ranking
         self.metrics = StageMetrics()
         self._batch.set_max_batch_size(cfg.retrieval.batch_max_size)
@@ -228,17 +228,28 @@ class Retrieval:
         return results
 
     async def _rank(self, batch: CandidateBatch) -> np.ndarray | None:
+        """Ranking scores, or None (retrieval order) when ranking does not answer in time or fails:
+        a slow or restarting ranking replica degrades answers instead of holding them."""
+        from ray.exceptions import RayError
+
         payload = batch.ranking_payload(self.core.version)
-        for attempt in range(3):  # mid-rollout a ranking replica may hold the other version: it answers None
-            scores = await self.ranking.rank.remote(payload)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.cfg.ranking_timeout_s
+        for attempt in range(3):  # None: no ranker could load this release (say, deleted mid-rollout)
+            try:
+                scores = await asyncio.wait_for(self.ranking.rank.remote(payload), max(deadline - loop.time(), 1e-3))
+            except asyncio.TimeoutError:
+                log.warning("ranking gave no answer within %.2f s; answering in retrieval order",
+                            self.cfg.ranking_timeout_s)
+                return None
+            except RayError as e:  # a ranking replica died mid-call; Serve replaces it
+                log.warning("ranking failed (%s); answering in retrieval order", type(e).__name__)
+                return None
             if scores is not None:
                 return scores
             await asyncio.sleep(0.05 * (attempt + 1))
-        log.warning("no ranking replica of release %s answered; returning retrieval order", self.core.version)
+        log.warning("no ranking replica could rank release %s; answering in retrieval order", self.core.version)
         return None
-
-    async def similar(self, item_id: str, k: int) -> dict[str, Any] | None:
-        return self.core.similar(item_id, k)
 
     async def ready(self) -> dict[str, Any]:
         import ray
