@@ -335,6 +335,9 @@ class ServeConfig(Section):
         "shared", description="Where replica code runs: 'shared' runs it and the handle router on the replica's "
         "own event loop (fewer thread hand-offs: less CPU per request); 'separate' is Serve's default, which keeps "
         "health checks answering while a long batch computes.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "WARNING", description="Level of Serve's controller, proxy and replica logs (files under the Ray session's "
+        "logs/serve/, echoed to the driver).")
     access_log: bool = Field(False, description="Serve's access-log line per request and per stage call in the "
                              "replica logs (costs CPU per request; your load balancer usually logs access).")
     retrieval: RetrievalDeploymentConfig = Field(default_factory=RetrievalDeploymentConfig, description="Replicas "

@@ -24,6 +24,11 @@ from rayrec.serve.api import Retrieval
 from rayrec.serve.ranking import Ranking
 
 
+def serve_logging(s: ServeConfig) -> dict[str, Any]:
+    """Serve's logging for its own components (``serve.start``) and for each deployment alike."""
+    return {"log_level": s.log_level, "enable_access_log": s.access_log}
+
+
 def replica_env(d: DeploymentConfig, s: ServeConfig) -> dict[str, str]:
     """Threads, and where Serve runs replica code: Serve reads these when the replica process imports
     it, so they are set per replica rather than on the driver."""
@@ -43,7 +48,7 @@ def deployment_options(d: DeploymentConfig, s: ServeConfig) -> dict[str, Any]:
         "graceful_shutdown_timeout_s": d.graceful_shutdown_timeout_s,
         # A full queue is refused by Serve itself (proxy or handle) with 503 and Retry-After.
         "backpressure_config": {"status_code": 503, "retry_after_s": s.retry_after_s},
-        "logging_config": {"enable_access_log": s.access_log},
+        "logging_config": serve_logging(s),
         "ray_actor_options": {"num_cpus": d.num_cpus, "num_gpus": d.num_gpus,
                               "runtime_env": {"env_vars": replica_env(d, s)}},
     }  # fmt: skip

@@ -24,9 +24,9 @@ def start_serving(cfg: RayrecConfig, version: str | None = None, timeout_s: floa
     answers, and return the base URL."""
     from ray import serve
 
-    from rayrec.serve.app import build_app
+    from rayrec.serve.app import build_app, serve_logging
 
-    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port}, logging_config=serve_logging(cfg.serve))
     try:
         serve.run(build_app(cfg, version), name=cfg.serve.app_name, route_prefix=cfg.serve.route_prefix,
                   blocking=False)
