@@ -58,6 +58,8 @@ def test_keys_are_required_per_route_group(secured):
     assert http_json("POST", f"{base}/v1/recommend", {"user_id": "u1", "k": 3},
                      headers={"Authorization": "Bearer rr_wrong"})[0] == 401
     assert http_json("POST", f"{base}/v1/recommend", {"user_id": "u1", "k": 3},
+                     headers={"Authorization": f"Basic {shop}"})[0] == 401  # not a bearer key
+    assert http_json("POST", f"{base}/v1/recommend", {"user_id": "u1", "k": 3},
                      headers={"Authorization": f"Bearer {shop}"})[0] == 200
     assert http_json("POST", f"{base}/v1/events", _events("u1"), headers={"X-API-Key": shop}) == (200, {"accepted": 1})
     status, body = http_json("POST", f"{base}/v1/events", _events("u1"), headers={"X-API-Key": widget})

@@ -3,8 +3,9 @@
 
 Two modes:
 
-- fixed rate (``rate``): Locust holds a rate with paced users (``constant_throughput``), so the load is
-  open-loop only while a free user is there to send the next request: with ``max_concurrency`` users the
+- fixed rate (``rate``): paced users, each on its own fixed timetable and staggered across the period
+  (see the locustfile), hold the rate, so the load is open-loop only while a free user is there to send
+  the next request: with ``max_concurrency`` users the
   generator stops being open-loop once rate × latency reaches that cap. When the achieved rate of 200
   answers falls below 95% of the target the report flags saturation and says which limit was hit.
 - fixed concurrency (``users``): that many users, each sending its next request as soon as the last one

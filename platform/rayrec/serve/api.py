@@ -184,7 +184,7 @@ def access(scope: Scope) -> Any:
         if guard is None:
             return None
         try:
-            return guard.check(f"Bearer {bearer.credentials}" if bearer else None, api_key, scope)
+            return guard.check(bearer.credentials if bearer else api_key, scope)
         except AuthRejected as e:
             raise HTTPException(e.status, detail=e.reason, headers=e.headers) from None
 
@@ -203,8 +203,7 @@ class Retrieval:
 
         self.cfg = ServeConfig.model_validate(serve_cfg)
         set_threads(self.cfg.retrieval.threads)
-        a = self.cfg.auth
-        api.state.guard = guard_from_config(a.required, a.keys_file, a.keys_env, a.rate_per_s, a.burst)
+        api.state.guard = guard_from_config(self.cfg.auth)
         api.state.max_body_bytes = self.cfg.max_body_bytes
         self.stage = RetrievalStage(release_dir, self.cfg, ranking)
 

@@ -26,6 +26,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
+from rayrec.config import ServeAuthConfig
+
 Scope = Literal["read", "write"]
 SCOPES: tuple[Scope, ...] = ("read", "write")
 
@@ -137,12 +139,9 @@ class ApiGuard:
                 found = e
         return found
 
-    def check(self, authorization: str | None, api_key: str | None, scope: Scope) -> str:
-        """The caller's key name, or AuthRejected with the status and reason."""
-        key = api_key
-        if key is None and authorization:
-            kind, _, value = authorization.partition(" ")
-            key = value.strip() if kind.lower() == "bearer" else None
+    def check(self, key: str | None, scope: Scope) -> str:
+        """The caller's key name, or AuthRejected with the status and reason. ``key`` comes from the
+        route's security schemes (a bearer token or ``X-API-Key``)."""
         if not key:
             raise AuthRejected(401, "missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
                                {"WWW-Authenticate": "Bearer"})
@@ -158,13 +157,12 @@ class ApiGuard:
         return entry.name
 
 
-def guard_from_config(required: bool, keys_file: str | None, keys_env: str, rate_per_s: float,
-                      burst: int) -> ApiGuard | None:
+def guard_from_config(cfg: ServeAuthConfig) -> ApiGuard | None:
     """None when keys are not required; an error when they are and none are configured."""
-    if not required:
+    if not cfg.required:
         return None
-    entries = load_entries(keys_file, keys_env)
+    entries = load_entries(cfg.keys_file, cfg.keys_env)
     if not entries:
         raise AuthSetupError(f"serve.auth.required is true but no keys are configured: set serve.auth.keys_file or "
-                             f"${keys_env} (make keys with `rayrec api-key`)")
-    return ApiGuard(entries, rate_per_s, burst)
+                             f"${cfg.keys_env} (make keys with `rayrec api-key`)")
+    return ApiGuard(entries, cfg.rate_per_s, cfg.burst)

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 from ray import serve
+from ray.exceptions import RayError
 
 from rayrec.artifacts import load_two_tower_model
 from rayrec.config import ServeConfig
@@ -230,8 +231,6 @@ class RetrievalStage:
     async def _rank(self, batch: CandidateBatch) -> np.ndarray | None:
         """Ranking scores, or None (retrieval order) when ranking does not answer in time or fails:
         a slow or restarting ranking replica degrades answers instead of holding them."""
-        from ray.exceptions import RayError
-
         payload = batch.ranking_payload(self.core.version)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.cfg.ranking_timeout_s

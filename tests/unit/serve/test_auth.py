@@ -5,6 +5,7 @@ import stat
 
 import pytest
 
+from rayrec.config import ServeAuthConfig
 from rayrec.serve.auth import (ApiGuard, ApiKeyEntry, AuthRejected, AuthSetupError, TokenBucket, add_key,
                                guard_from_config, hash_key, load_entries)
 
@@ -23,31 +24,31 @@ def _rejected(call) -> AuthRejected:
 
 def test_bearer_and_x_api_key_name_the_caller():
     guard = _guard()
-    assert guard.check("Bearer read-write", None, "write") == "shop"
-    assert guard.check(None, "read-only", "read") == "widget"
+    assert guard.check("read-write", "write") == "shop"
+    assert guard.check("read-only", "read") == "widget"
 
 
 def test_missing_and_unknown_keys_are_401_with_a_reason():
     guard = _guard()
-    missing = _rejected(lambda: guard.check(None, None, "read"))
+    missing = _rejected(lambda: guard.check(None, "read"))
     assert missing.status == 401 and "Authorization: Bearer" in missing.reason
     assert missing.headers["WWW-Authenticate"].startswith("Bearer")
-    assert _rejected(lambda: guard.check("Bearer nope", None, "read")).status == 401
-    assert _rejected(lambda: guard.check("Basic read-write", None, "read")).status == 401  # not a bearer key
+    assert _rejected(lambda: guard.check("nope", "read")).status == 401
+    assert _rejected(lambda: guard.check("", "read")).status == 401
 
 
 def test_a_key_without_the_scope_is_403():
-    rejected = _rejected(lambda: _guard().check(None, "read-only", "write"))
+    rejected = _rejected(lambda: _guard().check("read-only", "write"))
     assert rejected.status == 403 and "widget" in rejected.reason and "read" in rejected.reason
 
 
 def test_rate_limit_is_per_key_and_says_when_to_retry():
     guard = _guard(burst=2)
-    guard.check(None, "read-only", "read")
-    guard.check(None, "read-only", "read")
-    limited = _rejected(lambda: guard.check(None, "read-only", "read"))
+    guard.check("read-only", "read")
+    guard.check("read-only", "read")
+    limited = _rejected(lambda: guard.check("read-only", "read"))
     assert limited.status == 429 and int(limited.headers["Retry-After"]) >= 1
-    assert guard.check("Bearer read-write", None, "read") == "shop"  # another key's bucket is untouched
+    assert guard.check("read-write", "read") == "shop"  # another key's bucket is untouched
 
 
 def test_token_bucket_refills_at_its_rate():
@@ -66,8 +67,8 @@ def test_add_key_stores_only_a_hash_in_a_private_file(tmp_path):
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     with pytest.raises(AuthSetupError, match="already has a key named 'shop'"):
         add_key(path, "shop", ["read"])
-    guard = guard_from_config(True, str(path), "RAYREC_TEST_NO_SUCH_VAR", 10, 10)
-    assert guard.check(f"Bearer {key}", None, "read") == "shop"
+    guard = guard_from_config(ServeAuthConfig(required=True, keys_file=str(path), keys_env="RAYREC_TEST_NO_SUCH_VAR"))
+    assert guard.check(key, "read") == "shop"
 
 
 def test_setup_errors_name_the_source_and_the_fix(tmp_path, monkeypatch):
@@ -81,5 +82,5 @@ def test_setup_errors_name_the_source_and_the_fix(tmp_path, monkeypatch):
     with pytest.raises(AuthSetupError, match=r"\$RAYREC_TEST_KEYS.*scopes"):
         load_entries(None, "RAYREC_TEST_KEYS")
     with pytest.raises(AuthSetupError, match="no keys are configured"):
-        guard_from_config(True, None, "RAYREC_TEST_NO_SUCH_VAR", 10, 10)
-    assert guard_from_config(False, None, "X", 10, 10) is None
+        guard_from_config(ServeAuthConfig(required=True, keys_env="RAYREC_TEST_NO_SUCH_VAR"))
+    assert guard_from_config(ServeAuthConfig()) is None
