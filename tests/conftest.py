@@ -51,6 +51,7 @@ def trained(tmp_path_factory, ray_local):
         f"preprocess.out_dir={root / 'processed'}", "preprocess.min_user_events=2", "preprocess.min_item_events=2",
         f"train.out_dir={root / 'runs'}", "train.epochs=3", "train.ranker_epochs=1", "train.batch_size=64",
         "train.max_failures=1", "model.dim=16", "model.hidden=32",
+        "search.semantic=false",  # releases build and replicas start without MiniLM unless a test asks for it
     ])  # fmt: skip
     run_preprocess(cfg)
     ctx = load_context(cfg)

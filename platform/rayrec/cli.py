@@ -212,10 +212,40 @@ def evaluate(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     split: Annotated[str, typer.Option(help="test | valid")] = "test",
+    task: Annotated[str, typer.Option(help="recommend: the models and baselines; search: lexical, semantic, "
+                                      "fused and personalized search over the latest release")] = "recommend",
 ) -> None:
-    """Full-ranking evaluation of the trained models and the baselines on the temporal split."""
+    """Full-ranking evaluation on the temporal split: recommendations (models and baselines) or search."""
+    if split not in ("test", "valid"):
+        raise _fail(f"--split must be test or valid; got {split!r}")
+    if task not in ("recommend", "search"):
+        raise _fail(f"--task must be recommend or search; got {task!r}")
     cfg = _config(config, set_)
-    _run_evaluation(cfg, split)
+    if task == "search":
+        _run_search_evaluation(cfg, split)
+    else:
+        _run_evaluation(cfg, split)
+
+
+def _metrics_table(title: str, table: Any, columns: list[str]) -> Table:
+    out = Table(title=title)
+    out.add_column("system")
+    for c in columns:
+        out.add_column(c, justify="right")
+    for _, row in table.iterrows():
+        out.add_row(str(row["system"]), *(f"{row[c]:.4f}" for c in columns))
+    return out
+
+
+def _run_search_evaluation(cfg: RayrecConfig, split: str = "test") -> None:
+    from rayrec.index.search_eval import SEARCH_KS, run_search_evaluation
+
+    with _user_facing_errors(), console.status("evaluating search"):
+        table, info = run_search_evaluation(cfg, split)
+    columns = [f"recall@{k}" for k in SEARCH_KS] + [f"ndcg@{k}" for k in SEARCH_KS] + ["mrr"]
+    console.print(_metrics_table(f"search evaluation ({split}, {info['queries']:,} queries, full ranking)",
+                                 table, columns))
+    console.print(f"report: {info['paths']['markdown']} (+ .json, .png)")
 
 
 def _run_evaluation(cfg: RayrecConfig, split: str = "test") -> None:
@@ -225,14 +255,9 @@ def _run_evaluation(cfg: RayrecConfig, split: str = "test") -> None:
     with _user_facing_errors():
         table, info = run_evaluation(cfg, load_context(cfg, with_valid=False), split)
     ks = [k for k in cfg.evaluate.ks if k in (10, 20, 50)] or cfg.evaluate.ks[:2]
-    out = Table(title=f"offline evaluation ({split}, {info['users']:,} users, full ranking)")
     columns = [f"recall@{k}" for k in ks] + [f"ndcg@{k}" for k in ks] + ["mrr", f"coverage@{ks[-1]}"]
-    out.add_column("system")
-    for c in columns:
-        out.add_column(c, justify="right")
-    for _, row in table.iterrows():
-        out.add_row(str(row["system"]), *(f"{row[c]:.4f}" for c in columns))
-    console.print(out)
+    console.print(_metrics_table(f"offline evaluation ({split}, {info['users']:,} users, full ranking)", table,
+                                 columns))
     console.print(f"report: {info['paths']['markdown']} (+ .json, .png)")
 
 
@@ -318,6 +343,11 @@ def _run_build_index(cfg: RayrecConfig) -> Path:
     console.print(f"release [bold]{release.name}[/] in {release}: {manifest['kind']} index over "
                   f"{manifest['n_indexed']:,} items, recall@{manifest['recall_k']} {manifest['recall_at_k']:.3f} vs "
                   f"exact, {manifest['qps']:,.0f} queries/s ({manifest['qps'] / manifest['exact_qps']:.1f}× exact)")
+    search = json.loads((release / "release.json").read_text()).get("search")
+    if search:
+        semantic = search["semantic"]
+        console.print(f"search: lexical ({search['lexical']['engine']}, {search['lexical']['docs']:,} items)"
+                      + (f" + semantic ({semantic['model']}, {semantic['index']} index)" if semantic else ""))
     return release
 
 
@@ -350,21 +380,24 @@ def _run_serving(cfg: RayrecConfig, version: str | None = None, keep_serving: bo
             base = start_serving(cfg, release.name)
     histories = pq.read_table(release / HISTORIES).slice(0, 1).to_pylist()
     user = histories[0]["user_id"] if histories else "demo-user"
-    items = pq.read_table(release / "items.parquet", columns=["item_id", "category"]).to_pylist()
+    items = pq.read_table(release / "items.parquet", columns=["item_id", "title", "category"]).to_pylist()
     top = items[0]["category"].split(" > ")[0]
     clicked = [it["item_id"] for it in items if it["category"].startswith(top)][:3]
-    for label, status, answer in sample_requests(base, user, clicked):
+    query = str(items[0]["category"]).split(" > ")[-1].lower()  # a leaf category: several items match
+    for label, status, answer in sample_requests(base, user, clicked, query=query):
         console.print(f"[bold]{label}[/] → {status}")
         items = answer.get("items") if isinstance(answer, dict) else None
         if items is not None:
             for it in items:
                 console.print(f"   {escape(str(it['item_id'])):>10}  {it['score']:.3f}  {escape(str(it.get('title')))}  "
                               f"[dim]{escape(str(it.get('category')))}[/]")
-            extra = {k: answer[k] for k in ("version", "cold_start", "reranked", "took_ms") if k in answer}
+            extra = {k: answer[k] for k in ("version", "cold_start", "reranked", "personalized", "reason", "took_ms")
+                     if k in answer}
             console.print(f"   [dim]{extra}[/]")
         else:
             console.print(f"   {escape(str(answer))}")
     console.print(f"[bold green]serving[/] {base}  (API docs {base}/docs, ready {base}/readyz)")
+    console.print(f"[bold green]storefront[/] {base}/  (search, recommendations, similar items in a browser)")
     if keep_serving:
         import signal
 

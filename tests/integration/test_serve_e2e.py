@@ -8,33 +8,10 @@ import urllib.request
 import pyarrow.parquet as pq
 import pytest
 
-from rayrec.config import with_values
-from rayrec.index.release import HISTORIES, build_release
-from rayrec.serve.launch import http_json, start_serving
+from rayrec.index.release import HISTORIES
+from rayrec.serve.launch import http_json
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def served(trained, tmp_path_factory, serve_port):
-    from ray import serve
-
-    root, cfg, _, _, _ = trained
-    out = tmp_path_factory.mktemp("serving")
-    small = {"num_cpus": 0.1, "max_ongoing_requests": 32, "num_replicas": 1}
-    cfg = with_values(cfg, {
-        "serve.release_dir": str(out / "releases"), "serve.port": serve_port, "serve.app_name": "rayrec-test",
-        "serve.retrieval": small, "serve.ranking": small, "serve.max_k": 50,
-        "serve.feature_store.dir": str(out / "store"), "serve.feature_store.num_cpus": 0.01,
-        "serve.candidates": 30,
-    })  # fmt: skip
-    release = build_release(cfg)
-    base = start_serving(cfg, timeout_s=240)
-    yield base, cfg, release
-    serve.delete(cfg.serve.app_name)
-    from rayrec.serve.feature_store import ActorFeatureStore
-
-    ActorFeatureStore.connect(cfg.serve.feature_store, out / "store", None, store_name=cfg.serve.app_name).shutdown()
 
 
 def _users_and_items(release):

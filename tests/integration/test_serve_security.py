@@ -64,6 +64,8 @@ def test_keys_are_required_per_route_group(secured):
     assert http_json("POST", f"{base}/v1/events", _events("u1"), headers={"X-API-Key": shop}) == (200, {"accepted": 1})
     status, body = http_json("POST", f"{base}/v1/events", _events("u1"), headers={"X-API-Key": widget})
     assert status == 403 and "widget" in body["detail"]
+    assert http_json("POST", f"{base}/v1/search", {"query": "shoes"})[0] == 401
+    assert http_json("POST", f"{base}/v1/search", {"query": "shoes"}, headers={"X-API-Key": widget})[0] == 200
 
 
 def test_a_key_over_its_rate_gets_429_with_retry_after(secured):
@@ -102,14 +104,17 @@ json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats
                                                                                         max_size=4), max_leaves=12)
 recommend_like = st.fixed_dictionaries({}, optional={"user_id": json_values, "k": json_values, "filters": json_values,
                                                      "exclude_purchased": json_values, "context": json_values})
+search_like = st.fixed_dictionaries({}, optional={"query": st.text(max_size=300) | json_values, "user_id": json_values,
+                                                  "k": json_values, "filters": json_values})
 event_like = st.fixed_dictionaries({}, optional={"events": st.lists(st.fixed_dictionaries({}, optional={
     "user_id": json_values, "item_id": json_values, "event_type": json_values, "ts_ms": json_values}), max_size=3)
     | json_values})
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
-@given(route=st.sampled_from(["/v1/recommend", "/v1/events", "/v1/items/{x}/similar", "/v1/nowhere"]),
-       method=st.sampled_from(["POST", "GET", "PUT"]), body=st.one_of(recommend_like, event_like, json_values),
+@given(route=st.sampled_from(["/v1/recommend", "/v1/events", "/v1/search", "/v1/items/{x}/similar", "/v1/nowhere"]),
+       method=st.sampled_from(["POST", "GET", "PUT"]), body=st.one_of(recommend_like, event_like, search_like,
+                                                                      json_values),
        raw=st.one_of(st.none(), st.binary(max_size=64)), item=st.text(min_size=1, max_size=20),
        k=st.one_of(st.none(), st.text(max_size=8)), keyed=st.booleans())
 def test_fuzzed_requests_never_get_a_5xx(secured, route, method, body, raw, item, k, keyed):

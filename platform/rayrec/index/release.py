@@ -10,6 +10,7 @@ training code, and swapping versions is swapping folders::
         items.parquet          item features and display fields (id, title, category, brand, price)
         item_embeddings.npy    float32 [n_items, dim] from the item tower (similar items, filters)
         index/                 FAISS index + manifest (measured recall and queries/s)
+        search/                lexical (tantivy) + semantic (MiniLM vectors in FAISS) indexes
         user_histories.parquet last events per user: the feature store's starting state
       LATEST                   name of the newest complete release (written last)
 
@@ -39,10 +40,12 @@ from rayrec.features.items import ItemFeatureTable
 from rayrec.features.vocab import Vocabulary
 from rayrec.files import file_sha256
 from rayrec.index.ann import build_item_index
+from rayrec.index.text_search import build_search_index
 
 RELEASE_JSON = "release.json"
 LATEST = "LATEST"
 ITEMS = "items.parquet"
+SEARCH = "search"
 EMBEDDINGS = "item_embeddings.npy"
 HISTORIES = "user_histories.parquet"
 USERS = "users.json"  # only when the user tower reads user ids
@@ -136,6 +139,13 @@ def build_release(cfg: RayrecConfig, progress: Callable[[str], None] = lambda _m
         index = build_item_index(embeddings, cfg.index, fingerprint, progress=progress)
         index.save(staging / "index")
 
+        search = None
+        if cfg.search.enabled:
+            catalog = pq.read_table(processed / "items.parquet",
+                                    columns=["item_idx", "title", "category", "brand"]).to_pandas()
+            search = build_search_index(catalog, n_items, fingerprint, cfg.search, cfg.index, staging / SEARCH,
+                                        progress=progress)
+
         progress("writing the feature store's starting histories")
         item_ids = pq.read_table(processed / "items.parquet", columns=["item_idx", "item_id"]).to_pandas()
         id_of = pd.Series(item_ids["item_id"].to_numpy(), index=item_ids["item_idx"].to_numpy())
@@ -154,7 +164,7 @@ def build_release(cfg: RayrecConfig, progress: Callable[[str], None] = lambda _m
             "history_length": int(retrieval.spec.history_length), "use_user_id": retrieval.spec.use_user_id,
             "has_ranker": ranker_meta is not None,
             "ranker_compression": (ranker_meta or {}).get("compression"),
-            "ranker_source": str(ranker_dir), "index": index.manifest.to_dict(), "files": files,
+            "ranker_source": str(ranker_dir), "index": index.manifest.to_dict(), "search": search, "files": files,
         }  # fmt: skip
         (staging / RELEASE_JSON).write_text(json.dumps(release, indent=2, default=str))
         final = root / version

@@ -7,16 +7,18 @@ happen in one process, so a request pays one proxy hop and shares the ranking ho
 recommendation is composed by one replica from one release. Errors are JSON with a
 reason: 404 unknown item, 422 bad fields (k out of bounds, non-finite numbers, unknown event
 types), 503 with ``Retry-After`` when a stage's queue is full, and no stack traces ever.
-``POST /v1/search`` joins the ``/v1`` routes here when the search stage lands.
+``POST /v1/search`` runs the search stage (search.py) in the same replica; ``GET /`` is the storefront
+page (static/storefront.html), which uses nothing but these routes.
 """
 
 import logging
 import time
+from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Security
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
@@ -26,11 +28,13 @@ from rayrec.serve.auth import AuthRejected, Scope, guard_from_config
 from rayrec.serve.catalog import ItemFilter
 from rayrec.serve.feature_store import EVENT_STAGES, OnlineEvent
 from rayrec.serve.retrieval import RecommendQuery, RetrievalStage
+from rayrec.serve.search import SearchQuery, SearchStage
 
 log = logging.getLogger(__name__)
 
 FUTURE_TOLERANCE_MS = 5 * 60 * 1000  # clocks drift; an event minutes ahead is still accepted
 RETRY_AFTER_S = "1"
+STOREFRONT_PAGE = Path(__file__).with_name("static") / "storefront.html"
 
 
 class Strict(BaseModel):
@@ -80,6 +84,33 @@ class RecommendResponse(BaseModel):
     version: str = Field(description="Release that produced every item of this answer.")
     cold_start: bool = Field(description="The user had no usable history.")
     reranked: bool = Field(description="The ranker ordered the candidates.")
+    took_ms: float
+
+
+class SearchRequest(Strict):
+    query: str = Field(description="What the shopper typed (at most search.max_query_chars characters).")
+    user_id: str | None = Field(None, min_length=1, max_length=128, description="Known users get results "
+                                "re-ordered by their history; omit for anonymous search.")
+    k: int = Field(10, ge=1, description="Items wanted (at most serve.max_k).")
+    filters: Filters = Field(default_factory=Filters)
+
+
+class Sources(BaseModel):
+    lexical: int | None = Field(description="Rank in the lexical (BM25) candidates; null: not found there.")
+    semantic: int | None = Field(description="Rank in the semantic (MiniLM) candidates; null: not found there.")
+
+
+class SearchItem(Item):
+    score: float = Field(description="Text relevance: the reciprocal-rank fusion score.")
+    sources: Sources
+
+
+class SearchResponse(BaseModel):
+    query: str
+    items: list[SearchItem] = Field(description="Best first; re-ordered for the user when personalized.")
+    personalized: bool = Field(description="The ranker re-ordered the results with the user's history.")
+    reason: str | None = Field(description="Why there are no items, when there are none.")
+    version: str
     took_ms: float
 
 
@@ -197,8 +228,9 @@ def access(scope: Scope) -> Any:
 class Retrieval:
     """Serve deployment (made one in ``app.py``): the HTTP routes over this replica's retrieval stage."""
 
-    def __init__(self, release_dir: str, serve_cfg: dict[str, Any], ranking: Any | None) -> None:
-        from rayrec.config import ServeConfig
+    def __init__(self, release_dir: str, serve_cfg: dict[str, Any], ranking: Any | None,
+                 search_cfg: dict[str, Any] | None = None) -> None:
+        from rayrec.config import SearchConfig, ServeConfig
         from rayrec.runtime import set_threads
 
         self.cfg = ServeConfig.model_validate(serve_cfg)
@@ -206,6 +238,16 @@ class Retrieval:
         api.state.guard = guard_from_config(self.cfg.auth)
         api.state.max_body_bytes = self.cfg.max_body_bytes
         self.stage = RetrievalStage(release_dir, self.cfg, ranking)
+        self.search_cfg = SearchConfig.model_validate(search_cfg or {"enabled": False})
+        has_index = self.stage.core.release.get("search") is not None
+        self.search_stage = (SearchStage(self.stage, release_dir, self.search_cfg)
+                             if self.search_cfg.enabled and has_index else None)
+        self.storefront_html = STOREFRONT_PAGE.read_text(encoding="utf-8")
+
+    @api.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def storefront(self) -> HTMLResponse:
+        """The storefront page: search, recommendations and similar items over this API."""
+        return HTMLResponse(self.storefront_html)
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, str]:
@@ -231,6 +273,26 @@ class Retrieval:
         return RecommendResponse(user_id=body.user_id, items=result["items"], version=result["version"],
                                  cold_start=result["cold_start"], reranked=result["reranked"],
                                  took_ms=round((time.perf_counter() - started) * 1000, 3))
+
+    @api.post("/v1/search", response_model=SearchResponse, dependencies=[access("read")])
+    async def search(self, body: SearchRequest) -> SearchResponse:
+        if self.search_stage is None:
+            raise HTTPException(404, detail="search is not enabled for this release (search.enabled, then "
+                                "rebuild the release with `rayrec build-index`)")
+        limit = self.search_cfg.max_query_chars
+        if not body.query:
+            raise _unprocessable(["body", "query"], "query is empty; send the words to search for")
+        if len(body.query) > limit:
+            raise _unprocessable(["body", "query"], f"query is {len(body.query)} characters; at most {limit} "
+                                 "(search.max_query_chars)")
+        if body.k > self.cfg.max_k:
+            raise _unprocessable(["body", "k"], f"k must be <= {self.cfg.max_k} (serve.max_k); got {body.k}")
+        started = time.perf_counter()
+        result = await self.search_stage.search(SearchQuery(query=body.query, k=body.k, user_id=body.user_id,
+                                                            item_filter=body.filters.to_item_filter()))
+        return SearchResponse(query=body.query, items=result["items"], personalized=result["personalized"],
+                              reason=result["reason"], version=result["version"],
+                              took_ms=round((time.perf_counter() - started) * 1000, 3))
 
     @api.post("/v1/events", response_model=EventsResponse, dependencies=[access("write")])
     async def events(self, body: EventsRequest) -> EventsResponse:

@@ -1,7 +1,8 @@
 """`build_app`: the one place to read the serving graph, and the builder `serve deploy` imports.
 
-    HTTP → Retrieval (FastAPI ingress; per batch: feature store, user tower, FAISS)
-               └→ Ranking (ranker; once per retrieval batch)
+    HTTP → Retrieval (FastAPI ingress; per batch: feature store, user tower, FAISS;
+               │          search: tantivy + MiniLM/FAISS, fused)
+               └→ Ranking (ranker; once per retrieval or search batch)
     Retrieval → feature store (POST /v1/events)
 
 Every deployment takes replicas or autoscaling, queue limits and CPU/GPU fractions from
@@ -88,7 +89,7 @@ def build_app(cfg: RayrecConfig, version: str | None = None, base_dir: Path | No
         ranking = (serve.deployment(Ranking, name="Ranking").options(**deployment_options(s.ranking, s))
                    .bind(str(release), serve_cfg, cfg.ranker.purchase_weight))
     retrieval = serve.deployment(Retrieval, name="Retrieval").options(**deployment_options(s.retrieval, s))
-    return retrieval.bind(str(release), serve_cfg, ranking)
+    return retrieval.bind(str(release), serve_cfg, ranking, cfg.search.model_dump(mode="json"))
 
 
 def app_builder(args: dict[str, Any]) -> Application:

@@ -71,9 +71,11 @@ def http_json(method: str, url: str, body: Any = None, timeout_s: float = 30.0,
             return e.code, payload.decode(errors="replace")
 
 
-def sample_requests(base: str, user_id: str, clicked: list[str], k: int = 5) -> list[tuple[str, int, Any]]:
+def sample_requests(base: str, user_id: str, clicked: list[str], k: int = 5,
+                    query: str | None = None) -> list[tuple[str, int, Any]]:
     """The demo's walk through the API: a known user, a new visitor (cold start) who then clicks
-    ``clicked`` and gets recommendations shaped by those clicks at once, and similar items."""
+    ``clicked`` and gets recommendations shaped by those clicks at once, similar items, and ``query``
+    searched anonymously and for the known user."""
     calls: list[tuple[str, int, Any]] = []
 
     def call(label: str, method: str, path: str, body: Any = None) -> Any:
@@ -89,4 +91,8 @@ def sample_requests(base: str, user_id: str, clicked: list[str], k: int = 5) -> 
          {"events": [{"user_id": visitor, "item_id": item, "event_type": "click"} for item in clicked]})
     call(f"POST /v1/recommend {visitor} after the clicks", "POST", "/v1/recommend", {"user_id": visitor, "k": k})
     call(f"GET /v1/items/{clicked[0]}/similar", "GET", f"/v1/items/{clicked[0]}/similar?k={k}")
+    if query:
+        call(f"POST /v1/search {query!r} (anonymous)", "POST", "/v1/search", {"query": query, "k": k})
+        call(f"POST /v1/search {query!r} for user {user_id}", "POST", "/v1/search",
+             {"query": query, "user_id": user_id, "k": k})
     return calls

@@ -99,31 +99,39 @@ class RetrievalCore:
             gaps[row, -n:] = np.maximum(now_ms - ts, 0) / 1000.0
         return dense_history_inputs(items, stages, gaps)
 
-    def _user_idx(self, queries: Sequence[RecommendQuery]) -> torch.Tensor | None:
+    def _user_idx(self, user_ids: Sequence[str]) -> torch.Tensor | None:
         if self.users is None:
             return None
-        return torch.as_tensor([self.users.id_of(q.user_id) for q in queries], dtype=torch.long)
+        return torch.as_tensor([self.users.id_of(u) for u in user_ids], dtype=torch.long)
 
     @torch.no_grad()
-    def candidates(self, queries: Sequence[RecommendQuery], histories: Sequence[UserHistory], now_ms: int,
-                   n_candidates: int) -> CandidateBatch:
+    def user_vectors(self, user_ids: Sequence[str], histories: Sequence[UserHistory],
+                     now_ms: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """User-tower vectors [B, d] and the history arrays they were computed from."""
         h = self.history_arrays(histories, now_ms)
         t = {k: torch.as_tensor(v, device=self.device) for k, v in h.items()}
-        user_idx = self._user_idx(queries)
+        user_idx = self._user_idx(user_ids)
         user_vec = self.model.user_embedding(t["hist_items"], t["hist_types"], t["hist_gaps"],
                                              None if user_idx is None else user_idx.to(self.device))
-        user_vec = user_vec.float().cpu().numpy()
-        allowed = [self.catalog.allowed(q.item_filter, self._purchased(h["hist_items"][i], h["hist_types"][i])
-                                        if q.exclude_purchased else None) for i, q in enumerate(queries)]
-        c = max(n_candidates, max(q.k for q in queries))
-        _, cand = self.index.search(user_vec, c, allowed if any(a is not None for a in allowed) else None)
-        # Exact inner products from the stored vectors: IVF-PQ scores are approximate, and the ranker
-        # was trained on exact ones.
+        return user_vec.float().cpu().numpy(), h
+
+    def candidate_batch(self, user_vec: np.ndarray, h: dict[str, np.ndarray], cand: np.ndarray) -> CandidateBatch:
+        """Given candidates [B, C] (-1 pads) scored for the ranker. Exact inner products from the stored
+        vectors: IVF-PQ scores are approximate, and the ranker was trained on exact ones."""
         score = np.einsum("bd,bcd->bc", user_vec, self.embeddings[np.maximum(cand, 0)]).astype(np.float32)
         score[cand < 0] = -np.inf
         return CandidateBatch(user_vec=user_vec, hist_items=h["hist_items"], hist_gaps_s=h["hist_gaps_s"],
                               cand=cand.astype(np.int64), retrieval_score=score,
                               cold_start=~(h["hist_items"] > 0).any(axis=1))
+
+    def candidates(self, queries: Sequence[RecommendQuery], histories: Sequence[UserHistory], now_ms: int,
+                   n_candidates: int) -> CandidateBatch:
+        user_vec, h = self.user_vectors([q.user_id for q in queries], histories, now_ms)
+        allowed = [self.catalog.allowed(q.item_filter, self._purchased(h["hist_items"][i], h["hist_types"][i])
+                                        if q.exclude_purchased else None) for i, q in enumerate(queries)]
+        c = max(n_candidates, max(q.k for q in queries))
+        _, cand = self.index.search(user_vec, c, allowed if any(a is not None for a in allowed) else None)
+        return self.candidate_batch(user_vec, h, cand)
 
     @staticmethod
     def _purchased(items: np.ndarray, types: np.ndarray) -> np.ndarray:
@@ -219,7 +227,7 @@ class RetrievalStage:
         t = self.metrics.stage("feature_store", t)
         batch = self.core.candidates(queries, histories, _now_ms(), self.cfg.candidates)
         t = self.metrics.stage("retrieval", t)
-        rank_score = await self._rank(batch) if self.ranking is not None and self.cfg.use_ranker else None
+        rank_score = await self.rank(batch) if self.ranking is not None and self.cfg.use_ranker else None
         self.metrics.stage("ranking", t)
         results = self.core.results(batch, queries, rank_score)
         for r in results:
@@ -228,7 +236,7 @@ class RetrievalStage:
                 self.metrics.cold_starts.inc()
         return results
 
-    async def _rank(self, batch: CandidateBatch) -> np.ndarray | None:
+    async def rank(self, batch: CandidateBatch) -> np.ndarray | None:
         """Ranking scores, or None (retrieval order) when ranking does not answer in time or fails:
         a slow or restarting ranking replica degrades answers instead of holding them."""
         payload = batch.ranking_payload(self.core.version)

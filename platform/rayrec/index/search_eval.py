@@ -1,0 +1,138 @@
+"""`rayrec evaluate --task search`: lexical, semantic, fused and fused + personalized search, scored on
+the temporal split's search events, with the release that would serve them.
+
+A search event's target is the item its session clicked next (``data/examples.py`` pairs them); the
+user's history is what they did before the search, as the feature store would hold it. Every system
+ranks the whole catalog's text matches (no sampled negatives): lexical and semantic alone are the
+fused system's own candidate lists, so the four rows differ only in how the list is ordered.
+Personalization runs the release's user tower and ranker over the top ``search.personalize_depth``
+fused hits and blends the orders with ``blend_personal``, the function Serve uses.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as pads
+import scipy.sparse as sp
+import torch
+
+from rayrec.artifacts import ArtifactError, load_ranker_model, load_two_tower_model
+from rayrec.config import RayrecConfig
+from rayrec.features.batches import example_inputs
+from rayrec.features.items import ItemFeatureTable
+from rayrec.index.release import ITEMS, SEARCH, release_root, resolve_release, verify_release
+from rayrec.index.text_search import ProductSearch, SearchHits, blend_personal
+from rayrec.metrics import ranking_metrics
+from rayrec.models.ranker import Ranker
+from rayrec.train.evaluate import write_report
+
+SPLITS = {"train": 0, "valid": 1, "test": 2}
+SYSTEMS = ("lexical", "semantic", "fused", "fused+personalized")
+SEARCH_KS = (10, 20, 50)
+BATCH = 256
+
+
+def _ranked(hits: SearchHits, which: str) -> np.ndarray:
+    if which == "fused":
+        return hits.items
+    rank = hits.lexical_rank if which == "lexical" else hits.semantic_rank
+    found = rank > 0
+    return hits.items[found][np.argsort(rank[found], kind="stable")]
+
+
+def _padded(lists: list[np.ndarray], k: int) -> np.ndarray:
+    out = np.full((len(lists), k), -1, dtype=np.int64)
+    for row, items in enumerate(lists):
+        out[row, : min(k, len(items))] = items[:k]
+    return out
+
+
+class Personalizer:
+    """The release's user tower + ranker over fused hits, offline (what ``serve/search.py`` does)."""
+
+    def __init__(self, release: Path, meta: dict[str, Any], purchase_weight: float) -> None:
+        items = ItemFeatureTable.from_parquet(release / ITEMS, meta["n_items"], meta["title_tokens"])
+        fingerprint = meta["vocab_fingerprint"]
+        self.retrieval = load_two_tower_model(release / "two_tower", items, fingerprint)
+        self.ranker = load_ranker_model(release / "ranker", items, fingerprint) if meta.get("has_ranker") else None
+        self.use_user_id = bool(meta.get("use_user_id"))
+        self.purchase_weight = purchase_weight
+        with torch.no_grad():
+            self.item_vectors = self.retrieval.all_item_embeddings().float()
+
+    @torch.no_grad()
+    def orders(self, batch: dict[str, np.ndarray], hits: list[SearchHits], search_cfg: Any) -> list[np.ndarray]:
+        """Per row: positions into its hits, personalized where the user has history."""
+        t = {k: torch.as_tensor(v) for k, v in batch.items()}
+        users = t["user_idx"] if self.use_user_id else None
+        user_vec = self.retrieval.user_embedding(t["hist_items"], t["hist_types"], t["hist_gaps"], users).float()
+        cand = torch.as_tensor(_padded([h.items[: search_cfg.personalize_depth] for h in hits],
+                                       search_cfg.personalize_depth))
+        valid = cand >= 0
+        retrieval_score = (user_vec.unsqueeze(1) * self.item_vectors[cand.clamp(min=0)]).sum(-1)
+        logits = self.ranker(user_vec, t["hist_items"], t["hist_gaps_s"], cand.clamp(min=0),
+                             retrieval_score.masked_fill(~valid, 0.0))
+        scores = Ranker.score(logits, self.purchase_weight).masked_fill(~valid, -torch.inf).numpy()
+        has_history = (batch["hist_items"] > 0).any(axis=1)
+        return [blend_personal(h, s, search_cfg) if known and len(h.items) > 1 else np.arange(len(h.items))
+                for h, s, known in zip(hits, scores, has_history)]
+
+
+def evaluate_search(engine: ProductSearch, personal: Personalizer | None, examples: pa.Table, n_items: int,
+                    history_length: int) -> pd.DataFrame:
+    """Metrics per system over ``examples`` (rows with ``query``, target ``item_idx`` and the user's
+    history before the search, as in ``processed/search``)."""
+    kmax = max(SEARCH_KS)
+    ranked: dict[str, list[np.ndarray]] = {s: [] for s in SYSTEMS}
+    for lo in range(0, examples.num_rows, BATCH):
+        part = examples.slice(lo, BATCH)
+        queries = [str(q) for q in part.column("query").to_pylist()]
+        hits = engine.candidates(queries, [None] * len(queries))
+        for s in SYSTEMS[:3]:
+            ranked[s].extend(_ranked(h, s)[:kmax] for h in hits)
+        if personal is not None:
+            orders = personal.orders(example_inputs(part, history_length), hits, engine.cfg)
+            ranked[SYSTEMS[3]].extend(h.items[o][:kmax] for h, o in zip(hits, orders))
+    targets = examples.column("item_idx").to_numpy().astype(np.int64)
+    n = len(targets)
+    truth = sp.csr_matrix((np.ones(n, dtype=np.float32), (np.arange(n), targets)), shape=(n, n_items))
+    rows = [{"system": s, **ranking_metrics(_padded(lists, kmax), truth, ks=SEARCH_KS)}
+            for s, lists in ranked.items() if lists]
+    return pd.DataFrame(rows).drop(columns=["users"], errors="ignore")
+
+
+def load_search_systems(cfg: RayrecConfig) -> tuple[dict[str, Any], ProductSearch, Personalizer | None]:
+    """The latest (or ``serve.version``) release's metadata, search engine and personalizer."""
+    release = resolve_release(release_root(cfg), cfg.serve.version)
+    meta = verify_release(release)
+    if meta.get("search") is None:
+        raise ArtifactError(f"{release}: built without search indexes; set search.enabled: true and run "
+                            "`rayrec build-index`")
+    engine = ProductSearch.load(release / SEARCH, cfg.search, meta["n_items"], meta["vocab_fingerprint"])
+    personal = None
+    if cfg.search.personalize and meta.get("has_ranker"):
+        personal = Personalizer(release, meta, cfg.ranker.purchase_weight)
+    return meta, engine, personal
+
+
+def run_search_evaluation(cfg: RayrecConfig, split: str = "test") -> tuple[pd.DataFrame, dict[str, Any]]:
+    processed = Path(cfg.preprocess.out_dir)
+    meta, engine, personal = load_search_systems(cfg)
+    table = pads.dataset(processed / "search").to_table(filter=pads.field("split") == SPLITS[split])
+    if table.num_rows == 0:
+        raise ArtifactError(f"{processed / 'search'}: no {split} search events to evaluate (the data has no "
+                            "search events followed by a click)")
+    df = evaluate_search(engine, personal, table, meta["n_items"], int(meta["history_length"]))
+    out = Path(cfg.evaluate.out_dir or Path(cfg.train.out_dir) / "report") / "search"
+    c = cfg.search
+    notes = (f"{cfg.name}: {table.num_rows:,} {split} search events (query → item clicked next in the session), "
+             f"release {meta['version']}; candidates: {c.lexical_candidates} lexical + {c.semantic_candidates} "
+             f"semantic, fused by RRF (k={c.rrf_k:g}); personalization re-orders the top {c.personalize_depth} "
+             f"(weight {c.personal_weight:g}, k={c.personal_rrf_k:g}).")
+    paths = write_report(df, out, title=f"Search evaluation ({cfg.name}, {split} split)", notes=notes)
+    return df, {"paths": paths, "notes": notes, "queries": table.num_rows}
