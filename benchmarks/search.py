@@ -4,13 +4,15 @@ the synthetic demo data and on UCI Online Retail, with the release that would se
 Queries:
 - demo: the generator's own search events (a query, then the item clicked next in the session),
   temporal test split.
-- online-retail: the shop logged no searches, so queries are derived from the test split's
+- online-retail and movielens-100k (``--datasets``): no searches were logged, so queries are derived from the test split's
   purchases: ``--query-words`` words (default 1; three letters or more) of the bought item's
   description, drawn at random and kept in their order ("WHITE HANGING HEART T-LIGHT HOLDER" →
   "holder", or "hanging holder" with 2), as a shopper half-remembering a product would type. The
   history is the customer's purchases before that one. Deriving the query from the target's own
   text favours lexical retrieval (two words nearly name the item: lexical alone reaches NDCG@10
   0.77); with one word, personalization has to pick the bought item among all items sharing it.
+  MovieLens the same way from movie titles ("Toy Story (1995)" → "toy" or "story"; years and a few
+  stopwords are never a query), on test-split ratings.
 
 Models come from benchmarks/quality.py's run folder per dataset (trained there when missing, or
 always with --retrain). Prints a table per dataset and the ratio of fused + personalized NDCG@10 to
@@ -44,6 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 console = Console(width=160)
 TARGET = 1.10
+STOPWORDS = frozenset({"the", "and", "for", "with", "from", "les", "des"})  # never a whole query by themselves
 
 
 def dataset_config(name: str) -> RayrecConfig:
@@ -63,7 +66,8 @@ def derived_queries(processed: Path, max_queries: int, n_words: int, split: str 
     """A split's purchases with a query made of ``n_words`` words of the bought item's description."""
     events = pads.dataset(processed / "events").to_table(filter=pads.field("split") == SPLITS[split])
     items = pq.read_table(processed / "items.parquet", columns=["item_idx", "title"]).to_pylist()
-    words = {r["item_idx"]: re.findall(r"[a-z]{3,}", str(r["title"]).lower()) for r in items}
+    words = {r["item_idx"]: [w for w in re.findall(r"[a-z]{3,}", str(r["title"]).lower()) if w not in STOPWORDS]
+             for r in items}
     rng = np.random.default_rng(seed)
     rows = rng.permutation(events.num_rows)[:max_queries]
     events = events.take(np.sort(rows))
@@ -89,12 +93,13 @@ def run_dataset(name: str, retrain: bool, max_queries: int, query_words: int) ->
     release = build_release(cfg, progress=lambda msg: console.print(f"  {msg}"))
     meta, engine, personal = load_search_systems(cfg)
     processed = Path(cfg.preprocess.out_dir)
-    if name == "demo":
-        examples = pads.dataset(processed / "search").to_table(filter=pads.field("split") == SPLITS["test"])
-        how = "the generator's search events (query → item clicked next), test split"
+    logged = processed / "search"
+    if logged.is_dir() and pads.dataset(logged).count_rows() > 0:
+        examples = pads.dataset(logged).to_table(filter=pads.field("split") == SPLITS["test"])
+        how = "the log's search events (query → item clicked next), test split"
     else:
         examples = derived_queries(processed, max_queries, query_words)
-        how = f"derived: {query_words} word(s) of the purchased item's description, test-split purchases"
+        how = f"derived: {query_words} word(s) of the target item's title, test-split interactions"
     df = evaluate_search(engine, personal, examples, meta["n_items"], int(meta["history_length"]))
     write_report(df, RESULTS / "search" / name, title=f"Search evaluation ({name}, test split)", notes=how)
     rows = df.to_dict(orient="records")
