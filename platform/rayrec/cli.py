@@ -500,7 +500,7 @@ def run(
                                                "with sample requests (kept running unless --smoke).")] = True,
 ) -> None:
     """The main job end to end: generate (synthetic configs) → preprocess → train → evaluate
-    [→ compress → tune] → build-index → serve."""
+    [→ compress → tune] → build-index → evaluate search → serve."""
     cfg = _config(config, [*(SMOKE_OVERRIDES if smoke else []), *(set_ or [])])
     if cfg.generate is not None:
         _run_generate(cfg)
@@ -514,6 +514,8 @@ def run(
     console.print(f"[bold green]done[/]: data in {cfg.preprocess.out_dir}, models and report in {cfg.train.out_dir}")
     if with_serving:
         _run_build_index(cfg)
+        if cfg.search.enabled and not smoke:  # tiny data has too few search events to say anything
+            _run_search_evaluation(cfg)
         _run_serving(cfg, keep_serving=not smoke)
 
 

@@ -132,7 +132,8 @@ def run_search_evaluation(cfg: RayrecConfig, split: str = "test") -> tuple[pd.Da
     c = cfg.search
     notes = (f"{cfg.name}: {table.num_rows:,} {split} search events (query → item clicked next in the session), "
              f"release {meta['version']}; candidates: {c.lexical_candidates} lexical + {c.semantic_candidates} "
-             f"semantic, fused by RRF (k={c.rrf_k:g}); personalization re-orders the top {c.personalize_depth} "
-             f"(weight {c.personal_weight:g}, k={c.personal_rrf_k:g}).")
+             f"semantic, fused by RRF (k={c.rrf_k:g}); personalization re-orders the hits within "
+             f"{c.personal_min_relevance:g} of the best fused score, at most {c.personalize_depth} (ranker weight "
+             f"{c.personal_weight:g}, k={c.personal_rrf_k:g}).")
     paths = write_report(df, out, title=f"Search evaluation ({cfg.name}, {split} split)", notes=notes)
     return df, {"paths": paths, "notes": notes, "queries": table.num_rows}
