@@ -101,7 +101,8 @@ def run_dataset(name: str, retrain: bool, max_queries: int, query_words: int) ->
         examples = derived_queries(processed, max_queries, query_words)
         how = f"derived: {query_words} word(s) of the target item's title, test-split interactions"
     df = evaluate_search(engine, personal, examples, meta["n_items"], int(meta["history_length"]))
-    write_report(df, RESULTS / "search" / name, title=f"Search evaluation ({name}, test split)", notes=how)
+    write_report(df, RESULTS / "search" / name, title=f"Search evaluation ({name}, test split)", notes=how,
+                 chart_k=10)
     rows = df.to_dict(orient="records")
     by = {r["system"]: r for r in rows}
     best_single = max(("lexical", "semantic"), key=lambda s: by[s]["ndcg@10"])

@@ -261,6 +261,32 @@ def _run_evaluation(cfg: RayrecConfig, split: str = "test") -> None:
     console.print(f"report: {info['paths']['markdown']} (+ .json, .png)")
 
 
+@app.command("tune-search")
+def tune_search(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    split: Annotated[str, typer.Option(help="valid | train: the search events the weights are learned from")]
+    = "valid",
+) -> None:
+    """Learn search's fusion and personalization weights from the logged search events (grid search,
+    NDCG@10); writes a config with them for serve and evaluate --task search."""
+    from rayrec.index.search_tune import GRID, tune_search_blend
+
+    if split not in ("valid", "train"):
+        raise _fail(f"--split must be valid or train (test stays for evaluation); got {split!r}")
+    cfg = _config(config, set_)
+    with _user_facing_errors(), console.status("scoring every search event's candidates once, then the grid"):
+        table, chosen, info = tune_search_blend(cfg, split)
+    out = Table(title=f"search weights: best of {len(table)} on {info['queries']:,} {split} searches "
+                f"(configured: NDCG@10 {info['current']:.4f})")
+    for c in (*GRID, "ndcg@10"):
+        out.add_column(c, justify="right")
+    for _, row in table.head(5).iterrows():
+        out.add_row(*(f"{row[c]:g}" for c in GRID), f"{row['ndcg@10']:.4f}")
+    console.print(out)
+    console.print(f"config with the best weights: {info['paths']['config']} (every point: {info['paths']['markdown']})")
+
+
 @app.command()
 def compress(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Shrink, prune, fine-tune and (optionally) int8-quantize the trained ranker; dense vs compressed."""
@@ -429,6 +455,8 @@ def loadtest(
     similar_fraction: Annotated[float, typer.Option(help="Share of similar-item requests.")] = 0.0,
     items_file: Annotated[Optional[Path], typer.Option(help="Item ids for similar-item requests, one a line.")]
     = None,
+    search_fraction: Annotated[float, typer.Option(help="Share of search requests.")] = 0.0,
+    queries_file: Annotated[Optional[Path], typer.Option(help="Search queries, one a line.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default runs/loadtest/<timestamp>/).")] = None,
     replicas_every: Annotated[float, typer.Option(help="Seconds between Serve replica-count polls.")] = 2.0,
     app_name: Annotated[str, typer.Option("--app", help="Serve application whose replicas are counted.")]
@@ -447,7 +475,8 @@ def loadtest(
         settings = LoadtestSettings(
             url=url, rate=rate, users=users, max_concurrency=max_concurrency, warmup_s=warmup, duration_s=duration,
             mix=RequestMix(users_pool=users_pool, unknown_fraction=unknown_fraction, k=k,
-                           similar_fraction=similar_fraction, items_file=items_file),
+                           similar_fraction=similar_fraction, items_file=items_file,
+                           search_fraction=search_fraction, queries_file=queries_file),
             replicas_every_s=replicas_every, app_name=app_name, ray_address=ray_address)
         out_dir = out or default_out_dir()
         load = f"{rate:g} requests/s" if rate is not None else f"{users} users"

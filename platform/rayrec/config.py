@@ -477,6 +477,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ConfigError(_describe(e)) from None
 
 
+def write_config(cfg: RayrecConfig, path: Path, comment: str) -> Path:
+    """``cfg`` as a complete YAML config (every key), ``comment`` on its first line."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"# {comment}\n" + yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False))
+    return path
+
+
 def with_values(cfg: RayrecConfig, values: dict[str, Any]) -> RayrecConfig:
     """``cfg`` with dotted keys set to Python values (a tuning trial's sample), validated again."""
     data = cfg.model_dump(mode="json", by_alias=True)

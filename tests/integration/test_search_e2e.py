@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -104,3 +105,18 @@ def test_search_evaluation_scores_every_system_on_the_release(served, tmp_path):
     assert cfg.search.personalize_depth <= 50
     assert rows.loc["fused+personalized", "recall@50"] == pytest.approx(rows.loc["fused", "recall@50"])
     assert (tmp_path / "search" / "report.md").is_file() and (tmp_path / "search" / "report.png").is_file()
+
+
+def test_tune_search_learns_weights_that_serve_and_evaluate_accept(served, tmp_path):
+    from rayrec.config import load_config
+    from rayrec.index.search_tune import GRID, tune_search_blend
+
+    _, cfg, _ = served
+    cfg = with_values(cfg, {"evaluate.out_dir": str(tmp_path)})
+    table, chosen, info = tune_search_blend(cfg, "train")
+    assert len(table) == np.prod([len(v) for v in GRID.values()]) and info["queries"] > 0
+    assert table["ndcg@10"].is_monotonic_decreasing and table["ndcg@10"].iloc[0] >= info["current"]
+    for name in GRID:
+        assert getattr(chosen.search, name) == table[name].iloc[0]
+    reloaded = load_config(info["paths"]["config"])
+    assert reloaded.search == chosen.search and reloaded.serve == cfg.serve

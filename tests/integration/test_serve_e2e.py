@@ -143,15 +143,17 @@ def test_loadtest_drives_the_app_and_counts_its_replicas(served, tmp_path):
     from rayrec.loadtest.runner import LoadtestSettings, run_loadtest
 
     base, cfg, release = served
-    items = tmp_path / "items.txt"
-    items.write_text("\n".join(pq.read_table(release / "items.parquet", columns=["item_id"])["item_id"]
-                               .to_pylist()[:20]))
+    catalog = pq.read_table(release / "items.parquet", columns=["item_id", "title"])
+    items, queries = tmp_path / "items.txt", tmp_path / "queries.txt"
+    items.write_text("\n".join(catalog["item_id"].to_pylist()[:20]))
+    queries.write_text("\n".join(str(t).split()[-1] for t in catalog["title"].to_pylist()[:20]))
     settings = LoadtestSettings(url=base, rate=10, max_concurrency=4, warmup_s=1, duration_s=4,
                                 mix=RequestMix(users_pool=50, unknown_fraction=0.2, k=5, similar_fraction=0.3,
-                                               items_file=items),
+                                               items_file=items, search_fraction=0.3, queries_file=queries),
                                 replicas_every_s=1, app_name=cfg.serve.app_name)
     report = run_loadtest(settings, tmp_path / "out")
     assert report.requests_measured > 0 and report.errors_by_status == {}, report.errors_by_status
+    assert set(report.requests_by_name) == {"recommend", "similar", "search"}
     assert report.latency is not None and report.latency.p99_ms >= report.latency.p50_ms > 0
     assert report.replicas, report.replicas_note  # read from this Ray's Serve while the load ran
     assert {s.running.get("Retrieval") for s in report.replicas} == {1}

@@ -66,18 +66,22 @@ class Personalizer:
             self.item_vectors = self.retrieval.all_item_embeddings().float()
 
     @torch.no_grad()
-    def orders(self, batch: dict[str, np.ndarray], hits: list[SearchHits], search_cfg: Any) -> list[np.ndarray]:
-        """Per row: positions into its hits, personalized where the user has history."""
+    def candidate_scores(self, batch: dict[str, np.ndarray], cand: np.ndarray) -> np.ndarray:
+        """Ranker scores [B, C] of candidates ``cand`` [B, C] (-1 pads → -inf) for the batch's users."""
         t = {k: torch.as_tensor(v) for k, v in batch.items()}
         users = t["user_idx"] if self.use_user_id else None
         user_vec = self.retrieval.user_embedding(t["hist_items"], t["hist_types"], t["hist_gaps"], users).float()
-        cand = torch.as_tensor(_padded([h.items[: search_cfg.personalize_depth] for h in hits],
-                                       search_cfg.personalize_depth))
-        valid = cand >= 0
-        retrieval_score = (user_vec.unsqueeze(1) * self.item_vectors[cand.clamp(min=0)]).sum(-1)
-        logits = self.ranker(user_vec, t["hist_items"], t["hist_gaps_s"], cand.clamp(min=0),
+        c = torch.as_tensor(cand)
+        valid = c >= 0
+        retrieval_score = (user_vec.unsqueeze(1) * self.item_vectors[c.clamp(min=0)]).sum(-1)
+        logits = self.ranker(user_vec, t["hist_items"], t["hist_gaps_s"], c.clamp(min=0),
                              retrieval_score.masked_fill(~valid, 0.0))
-        scores = Ranker.score(logits, self.purchase_weight).masked_fill(~valid, -torch.inf).numpy()
+        return Ranker.score(logits, self.purchase_weight).masked_fill(~valid, -torch.inf).numpy()
+
+    def orders(self, batch: dict[str, np.ndarray], hits: list[SearchHits], search_cfg: Any) -> list[np.ndarray]:
+        """Per row: positions into its hits, personalized where the user has history."""
+        depth = search_cfg.personalize_depth
+        scores = self.candidate_scores(batch, _padded([h.items[:depth] for h in hits], depth))
         has_history = (batch["hist_items"] > 0).any(axis=1)
         return [blend_personal(h, s, search_cfg) if known and len(h.items) > 1 else np.arange(len(h.items))
                 for h, s, known in zip(hits, scores, has_history)]
@@ -135,5 +139,6 @@ def run_search_evaluation(cfg: RayrecConfig, split: str = "test") -> tuple[pd.Da
              f"semantic, fused by RRF (k={c.rrf_k:g}); personalization re-orders the hits within "
              f"{c.personal_min_relevance:g} of the best fused score, at most {c.personalize_depth} (ranker weight "
              f"{c.personal_weight:g}, k={c.personal_rrf_k:g}).")
-    paths = write_report(df, out, title=f"Search evaluation ({cfg.name}, {split} split)", notes=notes)
+    paths = write_report(df, out, title=f"Search evaluation ({cfg.name}, {split} split)", notes=notes,
+                         chart_k=10)
     return df, {"paths": paths, "notes": notes, "queries": table.num_rows}

@@ -23,6 +23,7 @@ from rayrec.loadtest.contract import (
     ENV_RECORDS_DIR,
     ENV_USER_RPS,
     RECOMMEND,
+    SEARCH,
     SIMILAR,
     RequestMix,
     RequestRecord,
@@ -57,8 +58,14 @@ class RecordsFile:
 
 RECORDS = RecordsFile(Path(os.environ[ENV_RECORDS_DIR]))
 MIX = RequestMix.from_env()
-ITEM_IDS = [line.strip() for line in MIX.items_file.read_text().splitlines() if line.strip()] \
-    if MIX.items_file else []
+
+
+def _lines(path: Path | None) -> list[str]:
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()] if path else []
+
+
+ITEM_IDS = _lines(MIX.items_file)
+QUERIES = _lines(MIX.queries_file)
 # Paced users send one request every PERIOD_S seconds; None: back to back (fixed concurrency).
 PERIOD_S = 1 / float(os.environ[ENV_USER_RPS]) if os.environ.get(ENV_USER_RPS) else None
 PACED_STARTS = itertools.count()
@@ -89,7 +96,8 @@ def user_id(rng: random.Random) -> str:
 
 
 class ServingUser(FastHttpUser):
-    """One simulated client: recommendations for random users, and a share of similar-item look-ups."""
+    """One simulated client: recommendations for random users, and shares of searches and similar-item
+    look-ups."""
 
     def on_start(self) -> None:
         self.rng = random.Random()
@@ -112,7 +120,12 @@ class ServingUser(FastHttpUser):
 
     @task
     def one_request(self) -> None:
-        if ITEM_IDS and self.rng.random() < MIX.similar_fraction:
+        draw = self.rng.random()
+        if QUERIES and draw < MIX.search_fraction:
+            query = self.rng.choice(QUERIES)
+            self.client.post("/v1/search", json={"query": query, "user_id": user_id(self.rng), "k": MIX.k},
+                             name=SEARCH)
+        elif ITEM_IDS and draw < MIX.search_fraction + MIX.similar_fraction:
             item = self.rng.choice(ITEM_IDS)
             self.client.get(f"/v1/items/{item}/similar?k={MIX.k}", name=SIMILAR)
         else:

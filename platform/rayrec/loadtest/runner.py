@@ -96,6 +96,13 @@ class LoadtestSettings:
              "--similar-fraction needs --items-file (item ids, one per line)"),
             (self.mix.items_file is not None and not Path(self.mix.items_file).is_file(),
              f"--items-file {self.mix.items_file} does not exist"),
+            (not 0 <= self.mix.search_fraction <= 1, "--search-fraction must be within 0..1"),
+            (self.mix.search_fraction + self.mix.similar_fraction > 1,
+             "--search-fraction plus --similar-fraction must be at most 1"),
+            (self.mix.search_fraction > 0 and self.mix.queries_file is None,
+             "--search-fraction needs --queries-file (search queries, one per line)"),
+            (self.mix.queries_file is not None and not Path(self.mix.queries_file).is_file(),
+             f"--queries-file {self.mix.queries_file} does not exist"),
             (not self.url.startswith(("http://", "https://")), f"--url must start with http:// or https://, "
                                                                f"not {self.url!r}"),
         ] if failed]

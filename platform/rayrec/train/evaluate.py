@@ -238,7 +238,7 @@ def evaluate(
     return df
 
 
-def _markdown_table(df: pd.DataFrame) -> str:
+def markdown_table(df: pd.DataFrame) -> str:
     rows = df.itertuples(index=False)
     cells = [[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row] for row in rows]
     header = "| " + " | ".join(map(str, df.columns)) + " |"
@@ -246,9 +246,10 @@ def _markdown_table(df: pd.DataFrame) -> str:
     return "\n".join([header, rule, *("| " + " | ".join(r) + " |" for r in cells)])
 
 
-def write_report(df: pd.DataFrame, out_dir: str | Path, title: str, notes: str = "") -> dict[str, Path]:
+def write_report(df: pd.DataFrame, out_dir: str | Path, title: str, notes: str = "",
+                 chart_k: int = 20) -> dict[str, Path]:
     """Write ``report.md`` (table), ``report.json`` (records) and ``report.png`` (a grouped bar
-    chart of Recall@20 and NDCG@20 per system) to ``out_dir``.
+    chart of Recall@K and NDCG@K per system, K = ``chart_k``) to ``out_dir``.
 
     Returns the three paths keyed ``markdown``, ``json`` and ``png``.
     """
@@ -258,8 +259,8 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, title: str, notes: str =
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": out / "report.md", "json": out / "report.json", "png": out / "report.png"}
-    paths["markdown"].write_text(f"# {title}\n\n{notes}\n\n{_markdown_table(df)}\n" if notes
-                                 else f"# {title}\n\n{_markdown_table(df)}\n")
+    paths["markdown"].write_text(f"# {title}\n\n{notes}\n\n{markdown_table(df)}\n" if notes
+                                 else f"# {title}\n\n{markdown_table(df)}\n")
     records = json.loads(df.to_json(orient="records"))  # via pandas: numpy scalars become plain JSON
     paths["json"].write_text(json.dumps({"title": title, "notes": notes, "rows": records}, indent=2))
 
@@ -267,9 +268,9 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, title: str, notes: str =
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     x = np.arange(len(df))
-    # K = 20 as asked for; a run without it (a quick test) charts its smallest K instead of nothing.
+    # K = chart_k (20 for recommendations, 10 for search); a run without it charts its smallest K.
     ks = sorted(int(c.split("@")[1]) for c in df.columns if c.startswith("recall@"))
-    k = 20 if 20 in ks else (ks[0] if ks else None)
+    k = chart_k if chart_k in ks else (ks[0] if ks else None)
     for i, col in enumerate([f"recall@{k}", f"ndcg@{k}"] if k is not None else []):
         ax.bar(x + (i - 0.5) * 0.38, df[col].to_numpy(float), width=0.38, label=col)
     ax.set_xticks(x, df["system"].astype(str).tolist(), rotation=20, ha="right")

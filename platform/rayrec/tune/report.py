@@ -9,9 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from rayrec.config import RayrecConfig, TuneConfig
+from rayrec.config import RayrecConfig, TuneConfig, write_config
 
 QUALITY, RECALL, LATENCY, SIZE = "valid_ndcg@20", "valid_recall@20", "p99_ms", "size_bytes"
 
@@ -60,10 +59,7 @@ def choose(rows: list[TrialRow], rule: TuneConfig) -> tuple[TrialRow, bool]:
 
 
 def write_chosen_config(cfg: RayrecConfig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("# Chosen by `rayrec tune`; usable as --config for train, compress and serve.\n"
-                    + yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False))
-    return path
+    return write_config(cfg, path, "Chosen by `rayrec tune`; usable as --config for train, compress and serve.")
 
 
 def _fmt(v: Any) -> str:

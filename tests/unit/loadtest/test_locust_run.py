@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from rayrec.loadtest import runner
-from rayrec.loadtest.contract import RECOMMEND, SIMILAR, RequestMix
+from rayrec.loadtest.contract import RECOMMEND, SEARCH, SIMILAR, RequestMix
 from rayrec.loadtest.runner import LoadtestSettings, ServeReplicas
 
 MISSING_ITEM = "I999999"
@@ -63,7 +63,7 @@ class FakeServingHandler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         status = 503 if request["user_id"].endswith("7") else 200
-        self.server.count(RECOMMEND, status)
+        self.server.count(SEARCH if self.path == "/v1/search" and request.get("query") else RECOMMEND, status)
         self.answer(status, {"items": [], "version": "v1"})
 
 
@@ -96,15 +96,18 @@ def assert_report_files(out_dir: Path, report: runner.LoadtestReport) -> None:
 def test_fixed_rate_records_every_answered_request(serving, fake_replicas, tmp_path):
     items = tmp_path / "items.txt"
     items.write_text(f"I000001\nI000002\n{MISSING_ITEM}\n")
+    queries = tmp_path / "queries.txt"
+    queries.write_text("chef knife\ndog treats\n")
     settings = LoadtestSettings(
         url=f"http://127.0.0.1:{serving.server_port}", rate=20.0, max_concurrency=8, warmup_s=1, duration_s=2,
-        mix=RequestMix(users_pool=100, unknown_fraction=0.2, k=5, similar_fraction=0.3, items_file=items),
+        mix=RequestMix(users_pool=100, unknown_fraction=0.2, k=5, similar_fraction=0.3, items_file=items,
+                       search_fraction=0.3, queries_file=queries),
         replicas_every_s=0.5)
     report, recorded = run(settings, tmp_path / "out")
 
     assert recorded == serving.answered
     assert report.requests_sent == sum(serving.answered.values()) > 0
-    assert {name for name, _ in recorded} == {RECOMMEND, SIMILAR}
+    assert {name for name, _ in recorded} == {RECOMMEND, SIMILAR, SEARCH}
     assert set(report.errors_by_status) <= {"404", "503"}
     ok_measured = report.throughput_per_s * report.measured_s
     assert sum(report.errors_by_status.values()) + ok_measured == pytest.approx(report.requests_measured)

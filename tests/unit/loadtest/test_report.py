@@ -159,6 +159,8 @@ def test_records_round_trip_through_json():
     ({"url": "127.0.0.1:8000"}, "http://"),
     ({"mix": RequestMix(similar_fraction=0.5)}, "--items-file"),
     ({"mix": RequestMix(unknown_fraction=1.5)}, "--unknown-fraction"),
+    ({"mix": RequestMix(search_fraction=0.5)}, "--queries-file"),
+    ({"mix": RequestMix(search_fraction=0.6, similar_fraction=0.6)}, "at most 1"),
 ])
 def test_settings_a_user_can_fix_are_refused(overrides, message):
     with pytest.raises(LoadtestError, match=message):
