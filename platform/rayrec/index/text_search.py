@@ -94,13 +94,19 @@ def fuse(lexical: np.ndarray, semantic: np.ndarray, cfg: SearchConfig) -> Search
     return SearchHits(items[order], score[order], lex[order], sem[order])
 
 
+def relevance_tier(hits: SearchHits, cfg: SearchConfig) -> int:
+    """How many leading hits personalization may re-order: those whose fused score is at least
+    ``personal_min_relevance`` of the best one's, at most ``personalize_depth``."""
+    if not len(hits.score):
+        return 0
+    return min(int((hits.score >= cfg.personal_min_relevance * hits.score[0]).sum()), cfg.personalize_depth)
+
+
 def blend_personal(hits: SearchHits, rank_score: np.ndarray, cfg: SearchConfig) -> np.ndarray:
-    """Positions into ``hits``, best first: the relevance tier (the first ``personalize_depth`` hits
-    whose fused score is at least ``personal_min_relevance`` of the best one's) ordered by
-    w/(k + ranker rank) + 1/(k + fused rank), k = ``personal_rrf_k``; the rest in fused order.
-    ``rank_score`` holds the ranker's scores of the first hits (at least the tier)."""
-    tier = int((hits.score >= cfg.personal_min_relevance * hits.score[0]).sum()) if len(hits.score) else 0
-    n = min(tier, cfg.personalize_depth, len(rank_score))
+    """Positions into ``hits``, best first: the relevance tier ordered by w/(k + ranker rank) +
+    1/(k + fused rank), k = ``personal_rrf_k``; the rest in fused order. ``rank_score`` holds the
+    ranker's scores of the first hits (the tier; scores past it are ignored)."""
+    n = min(relevance_tier(hits, cfg), len(rank_score))
     fused_rank = np.arange(1, n + 1)
     ranker_rank = np.empty(n, dtype=np.int64)
     ranker_rank[np.argsort(-rank_score[:n], kind="stable")] = np.arange(1, n + 1)

@@ -21,7 +21,7 @@ from ray import serve
 
 from rayrec.config import SearchConfig
 from rayrec.index.release import SEARCH
-from rayrec.index.text_search import ProductSearch, SearchHits, blend_personal
+from rayrec.index.text_search import ProductSearch, SearchHits, blend_personal, relevance_tier
 from rayrec.serve.catalog import ItemFilter
 from rayrec.serve.retrieval import RetrievalStage
 
@@ -65,11 +65,11 @@ class SearchStage:
             return {}
         histories = await stage.store.histories([queries[i].user_id for i in rows])
         user_vec, h = core.user_vectors([queries[i].user_id for i in rows], histories, int(time.time() * 1000))
-        depth = self.cfg.personalize_depth
-        cand = np.full((len(rows), depth), -1, dtype=np.int64)
-        for j, i in enumerate(rows):
-            top = hits[i].items[:depth]
-            cand[j, : len(top)] = top
+        # The ranker scores only what it may re-order: each query's relevance tier.
+        tiers = [relevance_tier(hits[i], self.cfg) for i in rows]
+        cand = np.full((len(rows), max(tiers)), -1, dtype=np.int64)
+        for j, (i, tier) in enumerate(zip(rows, tiers)):
+            cand[j, :tier] = hits[i].items[:tier]
         batch = core.candidate_batch(user_vec, h, cand)
         scores = await stage.rank(batch)
         if scores is None:

@@ -17,6 +17,7 @@ from rayrec.index.text_search import (
     fuse,
     item_text,
     query_words,
+    relevance_tier,
 )
 
 ITEMS = pd.DataFrame({
@@ -109,7 +110,10 @@ def test_blend_personal_reorders_only_the_relevance_tier():
                       np.zeros(4, np.int32))
     ranker = np.array([0.1, 0.2, 0.9, 0.8])
     cfg = SearchConfig(personal_weight=100, personal_min_relevance=0.9)
+    assert relevance_tier(hits, cfg) == 2  # what Serve sends the ranker
+    assert relevance_tier(hits, cfg.model_copy(update={"personalize_depth": 1})) == 1
     assert blend_personal(hits, ranker, cfg).tolist() == [1, 0, 2, 3]  # the weak matches stay below
+    assert blend_personal(hits, ranker[:2], cfg).tolist() == [1, 0, 2, 3]  # scores of the tier are enough
     everything = blend_personal(hits, ranker, cfg.model_copy(update={"personal_min_relevance": 0.0}))
     assert everything.tolist() == [2, 3, 1, 0]
 
