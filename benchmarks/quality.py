@@ -19,7 +19,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from rayrec.config import load_config
+from rayrec.config import RayrecConfig, load_config
 from rayrec.data.preprocess import run_preprocess
 from rayrec.data.synthetic import generate
 from rayrec.runtime import init_ray
@@ -33,18 +33,23 @@ OURS = ("two_tower", "two_tower+ranker")
 console = Console(width=180)
 
 
-def run_dataset(name: str, quick: bool) -> dict:
+def dataset_config(name: str, extra: list[str] | None = None) -> RayrecConfig:
+    """The dataset's config with every output (and a synthetic dataset's raw data) under its run folder."""
     work = RESULTS / "quality" / name
     overrides = [f"preprocess.out_dir={work / 'processed'}", f"train.out_dir={work / 'runs'}",
-                 f"evaluate.out_dir={work / 'report'}"]
-    if quick:
-        overrides += ["train.epochs=1", "train.ranker_epochs=1"]
+                 f"evaluate.out_dir={work / 'report'}", f"serve.release_dir={work / 'serving'}", *(extra or [])]
     cfg = load_config(REPO / "configs" / CONFIGS[name], overrides)
-    t0 = time.perf_counter()
     if cfg.generate is not None:
         cfg = load_config(REPO / "configs" / CONFIGS[name], [*overrides, f"generate.out_dir={work / 'raw'}",
                                                               f"source.events={work / 'raw' / 'events'}",
                                                               f"source.catalog={work / 'raw' / 'catalog.csv'}"])
+    return cfg
+
+
+def run_dataset(name: str, quick: bool) -> dict:
+    cfg = dataset_config(name, ["train.epochs=1", "train.ranker_epochs=1"] if quick else [])
+    t0 = time.perf_counter()
+    if cfg.generate is not None:
         generate(cfg.generate.out_dir, scale=cfg.generate.scale, seed=cfg.generate.seed)
     run_preprocess(cfg)
     ctx = load_context(cfg)

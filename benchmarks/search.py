@@ -36,9 +36,9 @@ import pyarrow.parquet as pq
 from rich.console import Console
 from rich.table import Table
 
-from rayrec.config import RayrecConfig, load_config
+from rayrec.config import load_config
 from rayrec.index.release import build_release
-from rayrec.index.search_eval import SEARCH_KS, SPLITS, evaluate_search, load_search_systems
+from rayrec.index.search_eval import SEARCH_KS, SPLITS, evaluate_search, load_search_systems, search_events
 from rayrec.runtime import init_ray
 from rayrec.train.evaluate import write_report
 
@@ -47,19 +47,6 @@ RESULTS = REPO / "benchmarks" / "results"
 console = Console(width=160)
 TARGET = 1.10
 STOPWORDS = frozenset({"the", "and", "for", "with", "from", "les", "des"})  # never a whole query by themselves
-
-
-def dataset_config(name: str) -> RayrecConfig:
-    from quality import CONFIGS, RESULTS as QUALITY_RESULTS  # the quality benchmark owns the trained runs
-
-    work = QUALITY_RESULTS / "quality" / name
-    overrides = [f"preprocess.out_dir={work / 'processed'}", f"train.out_dir={work / 'runs'}",
-                 f"evaluate.out_dir={work / 'report'}", f"serve.release_dir={work / 'serving'}"]
-    cfg = load_config(REPO / "configs" / CONFIGS[name], overrides)
-    if cfg.generate is not None:
-        cfg = load_config(REPO / "configs" / CONFIGS[name], [*overrides, f"source.events={work / 'raw' / 'events'}",
-                                                              f"source.catalog={work / 'raw' / 'catalog.csv'}"])
-    return cfg
 
 
 def derived_queries(processed: Path, max_queries: int, n_words: int, split: str = "test", seed: int = 0) -> pa.Table:
@@ -83,7 +70,7 @@ def derived_queries(processed: Path, max_queries: int, n_words: int, split: str 
 
 
 def run_dataset(name: str, retrain: bool, max_queries: int, query_words: int) -> dict:
-    from quality import run_dataset as train_and_evaluate
+    from quality import dataset_config, run_dataset as train_and_evaluate  # quality.py owns the trained runs
 
     cfg = dataset_config(name)
     t0 = time.perf_counter()
@@ -93,9 +80,8 @@ def run_dataset(name: str, retrain: bool, max_queries: int, query_words: int) ->
     release = build_release(cfg, progress=lambda msg: console.print(f"  {msg}"))
     meta, engine, personal = load_search_systems(cfg)
     processed = Path(cfg.preprocess.out_dir)
-    logged = processed / "search"
-    if logged.is_dir() and pads.dataset(logged).count_rows() > 0:
-        examples = pads.dataset(logged).to_table(filter=pads.field("split") == SPLITS["test"])
+    if (processed / "search").is_dir() and pads.dataset(processed / "search").count_rows() > 0:
+        examples = search_events(processed, "test")
         how = "the log's search events (query → item clicked next), test split"
     else:
         examples = derived_queries(processed, max_queries, query_words)

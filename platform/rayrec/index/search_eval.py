@@ -103,12 +103,17 @@ def evaluate_search(engine: ProductSearch, personal: Personalizer | None, exampl
         if personal is not None:
             orders = personal.orders(example_inputs(part, history_length), hits, engine.cfg)
             ranked[SYSTEMS[3]].extend(h.items[o][:kmax] for h, o in zip(hits, orders))
-    targets = examples.column("item_idx").to_numpy().astype(np.int64)
-    n = len(targets)
-    truth = sp.csr_matrix((np.ones(n, dtype=np.float32), (np.arange(n), targets)), shape=(n, n_items))
+    truth = target_matrix(examples.column("item_idx").to_numpy(), n_items)
     rows = [{"system": s, **ranking_metrics(_padded(lists, kmax), truth, ks=SEARCH_KS)}
             for s, lists in ranked.items() if lists]
     return pd.DataFrame(rows).drop(columns=["users"], errors="ignore")
+
+
+def target_matrix(targets: np.ndarray, n_items: int) -> sp.csr_matrix:
+    """One relevant item per query, as ``ranking_metrics`` takes targets."""
+    n = len(targets)
+    return sp.csr_matrix((np.ones(n, dtype=np.float32), (np.arange(n), np.asarray(targets, np.int64))),
+                         shape=(n, n_items))
 
 
 def load_search_systems(cfg: RayrecConfig) -> tuple[dict[str, Any], ProductSearch, Personalizer | None]:
@@ -125,13 +130,18 @@ def load_search_systems(cfg: RayrecConfig) -> tuple[dict[str, Any], ProductSearc
     return meta, engine, personal
 
 
-def run_search_evaluation(cfg: RayrecConfig, split: str = "test") -> tuple[pd.DataFrame, dict[str, Any]]:
-    processed = Path(cfg.preprocess.out_dir)
-    meta, engine, personal = load_search_systems(cfg)
+def search_events(processed: Path, split: str) -> pa.Table:
+    """The split's search events (query → item clicked next) from preprocessing; an error when none."""
     table = pads.dataset(processed / "search").to_table(filter=pads.field("split") == SPLITS[split])
     if table.num_rows == 0:
-        raise ArtifactError(f"{processed / 'search'}: no {split} search events to evaluate (the data has no "
-                            "search events followed by a click)")
+        raise ArtifactError(f"{processed / 'search'}: no {split} search events (the data has no search events "
+                            "followed by a click in that split)")
+    return table
+
+
+def run_search_evaluation(cfg: RayrecConfig, split: str = "test") -> tuple[pd.DataFrame, dict[str, Any]]:
+    meta, engine, personal = load_search_systems(cfg)
+    table = search_events(Path(cfg.preprocess.out_dir), split)
     df = evaluate_search(engine, personal, table, meta["n_items"], int(meta["history_length"]))
     out = Path(cfg.evaluate.out_dir or Path(cfg.train.out_dir) / "report") / "search"
     c = cfg.search

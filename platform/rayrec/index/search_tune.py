@@ -17,13 +17,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow.dataset as pads
+import scipy.sparse as sp
 
 from rayrec.artifacts import ArtifactError
 from rayrec.config import RayrecConfig, SearchConfig, write_config
 from rayrec.features.batches import example_inputs
-from rayrec.index.search_eval import BATCH, SPLITS, _padded, load_search_systems
-from rayrec.index.text_search import blend_personal, fuse
+from rayrec.index.search_eval import BATCH, _padded, load_search_systems, search_events, target_matrix
+from rayrec.index.text_search import blend_personal, fuse, relevance_tier
+from rayrec.metrics import ranking_metrics
 from rayrec.train.evaluate import markdown_table
 
 # Fusion depends on the two weights' ratio only, so lexical_weight stays as configured.
@@ -44,40 +45,29 @@ class QueryCandidates:
     target: int
 
 
-def _ndcg_at_k(ranked: np.ndarray, target: int) -> float:
-    hit = np.flatnonzero(ranked[:K] == target)
-    return float(1.0 / np.log2(hit[0] + 2)) if len(hit) else 0.0
-
-
-def _score(queries: list[QueryCandidates], search: SearchConfig) -> float:
-    total = 0.0
+def _score(queries: list[QueryCandidates], truth: sp.csr_matrix, search: SearchConfig) -> float:
+    ranked = []
     for q in queries:
         hits = fuse(q.lexical, q.semantic, search)
         if q.personal and len(hits.items) > 1:
-            scores = np.asarray([q.ranker[int(i)] for i in hits.items[: search.personalize_depth]])
-            ranked = hits.items[blend_personal(hits, scores, search)]
+            scores = np.asarray([q.ranker[int(i)] for i in hits.items[: relevance_tier(hits, search)]])
+            ranked.append(hits.items[blend_personal(hits, scores, search)][:K])
         else:
-            ranked = hits.items
-        total += _ndcg_at_k(ranked, q.target)
-    return total / max(len(queries), 1)
+            ranked.append(hits.items[:K])
+    return ranking_metrics(_padded(ranked, K), truth, ks=(K,))[f"ndcg@{K}"]
 
 
-def collect_candidates(cfg: RayrecConfig, split: str) -> list[QueryCandidates]:
+def collect_candidates(cfg: RayrecConfig, split: str) -> tuple[list[QueryCandidates], int]:
     """Each search event's candidate lists and the ranker's scores of their union."""
     meta, engine, personal = load_search_systems(cfg)
     if personal is None:
         raise ArtifactError("tune-search needs a release with a ranker and search.personalize: true")
-    processed = Path(cfg.preprocess.out_dir)
-    table = pads.dataset(processed / "search").to_table(filter=pads.field("split") == SPLITS[split])
-    if table.num_rows == 0:
-        raise ArtifactError(f"{processed / 'search'}: no {split} search events to learn the weights from")
+    table = search_events(Path(cfg.preprocess.out_dir), split)
     out: list[QueryCandidates] = []
     for lo in range(0, table.num_rows, BATCH):
         part = table.slice(lo, BATCH)
         queries = [str(q) for q in part.column("query").to_pylist()]
-        lexical = [engine.lexical.search(q, engine.cfg.lexical_candidates, engine.cfg.fuzzy_max_words, None)
-                   for q in queries]
-        semantic = engine.semantic_lists(queries, [None] * len(queries))
+        lexical, semantic = engine.candidate_lists(queries, [None] * len(queries))
         union = [np.unique(np.concatenate([a, b])) for a, b in zip(lexical, semantic)]
         batch = example_inputs(part, int(meta["history_length"]))
         scores = personal.candidate_scores(batch, _padded(union, max((len(u) for u in union), default=1) or 1))
@@ -85,18 +75,19 @@ def collect_candidates(cfg: RayrecConfig, split: str) -> list[QueryCandidates]:
         for i, target in enumerate(part.column("item_idx").to_pylist()):
             ranker = dict(zip(union[i].tolist(), scores[i, : len(union[i])].tolist()))
             out.append(QueryCandidates(lexical[i], semantic[i], ranker, bool(has_history[i]), int(target)))
-    return out
+    return out, int(meta["n_items"])
 
 
 def tune_search_blend(cfg: RayrecConfig, split: str = "valid") -> tuple[pd.DataFrame, RayrecConfig, dict[str, Any]]:
     """Every grid point's NDCG@10 (best first), the config with the best point, and the output paths."""
-    queries = collect_candidates(cfg, split)
+    queries, n_items = collect_candidates(cfg, split)
+    truth = target_matrix(np.asarray([q.target for q in queries]), n_items)
     rows = []
     for values in itertools.product(*GRID.values()):
         point = dict(zip(GRID, values))
-        rows.append({**point, "ndcg@10": _score(queries, cfg.search.model_copy(update=point))})
+        rows.append({**point, "ndcg@10": _score(queries, truth, cfg.search.model_copy(update=point))})
     table = pd.DataFrame(rows).sort_values("ndcg@10", ascending=False, kind="stable").reset_index(drop=True)
-    current = _score(queries, cfg.search)
+    current = _score(queries, truth, cfg.search)
     chosen = cfg.model_copy(update={"search": cfg.search.model_copy(update=table.iloc[0][list(GRID)].to_dict())})
     out = Path(cfg.evaluate.out_dir or Path(cfg.train.out_dir) / "report") / "search"
     out.mkdir(parents=True, exist_ok=True)

@@ -189,11 +189,17 @@ class ProductSearch:
                                       vocab_fingerprint=vocab_fingerprint)
         return cls(cfg, LexicalIndex(directory / LEXICAL_DIR), semantic, encoder, manifest)
 
-    def candidates(self, queries: list[str], allowed: list[np.ndarray | None]) -> list[SearchHits]:
-        """Fused hits per query (lexical and semantic candidate lists, as configured)."""
+    def candidate_lists(self, queries: list[str],
+                        allowed: list[np.ndarray | None]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Per query, the lexical and the semantic candidates (item idx, best first), as configured."""
         c = self.cfg
         lexical = [self.lexical.search(q, c.lexical_candidates, c.fuzzy_max_words, a) for q, a in zip(queries, allowed)]
-        semantic = self.semantic_lists(queries, allowed)
+        return lexical, self.semantic_lists(queries, allowed)
+
+    def candidates(self, queries: list[str], allowed: list[np.ndarray | None]) -> list[SearchHits]:
+        """Fused hits per query."""
+        c = self.cfg
+        lexical, semantic = self.candidate_lists(queries, allowed)
         out = []
         for q, lex, sem, a in zip(queries, lexical, semantic, allowed):
             hits = fuse(lex, sem, c)

@@ -244,6 +244,10 @@ class Retrieval:
                              if self.search_cfg.enabled and has_index else None)
         self.storefront_html = STOREFRONT_PAGE.read_text(encoding="utf-8")
 
+    def _check_k(self, k: int) -> None:
+        if k > self.cfg.max_k:
+            raise _unprocessable(["body", "k"], f"k must be <= {self.cfg.max_k} (serve.max_k); got {k}")
+
     @api.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def storefront(self) -> HTMLResponse:
         """The storefront page: search, recommendations and similar items over this API."""
@@ -264,8 +268,7 @@ class Retrieval:
 
     @api.post("/v1/recommend", response_model=RecommendResponse, dependencies=[access("read")])
     async def recommend(self, body: RecommendRequest) -> RecommendResponse:
-        if body.k > self.cfg.max_k:
-            raise _unprocessable(["body", "k"], f"k must be <= {self.cfg.max_k} (serve.max_k); got {body.k}")
+        self._check_k(body.k)
         started = time.perf_counter()
         query = RecommendQuery(user_id=body.user_id, k=body.k, item_filter=body.filters.to_item_filter(),
                                exclude_purchased=body.exclude_purchased)
@@ -285,8 +288,7 @@ class Retrieval:
         if len(body.query) > limit:
             raise _unprocessable(["body", "query"], f"query is {len(body.query)} characters; at most {limit} "
                                  "(search.max_query_chars)")
-        if body.k > self.cfg.max_k:
-            raise _unprocessable(["body", "k"], f"k must be <= {self.cfg.max_k} (serve.max_k); got {body.k}")
+        self._check_k(body.k)
         started = time.perf_counter()
         result = await self.search_stage.search(SearchQuery(query=body.query, k=body.k, user_id=body.user_id,
                                                             item_filter=body.filters.to_item_filter()))

@@ -63,8 +63,9 @@ class SearchStage:
         rows = [i for i, (q, h) in enumerate(zip(queries, hits)) if q.user_id and len(h.items) > 1]
         if not rows or not self.cfg.personalize or stage.ranking is None or not stage.cfg.use_ranker:
             return {}
-        histories = await stage.store.histories([queries[i].user_id for i in rows])
-        user_vec, h = core.user_vectors([queries[i].user_id for i in rows], histories, int(time.time() * 1000))
+        users = [str(queries[i].user_id) for i in rows]
+        histories = await stage.store.histories(users)
+        user_vec, h = core.user_vectors(users, histories, int(time.time() * 1000))
         # The ranker scores only what it may re-order: each query's relevance tier.
         tiers = [relevance_tier(hits[i], self.cfg) for i in rows]
         cand = np.full((len(rows), max(tiers)), -1, dtype=np.int64)
