@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from rayrec.compress.bundle import load_compressed_ranker
+from rayrec.compress.measure import interleaved_latency
 from rayrec.compress.pipeline import compress_ranker, measure_ranker, ranker_batches
 from rayrec.config import load_config, with_values
 from rayrec.runtime import init_ray, set_threads
@@ -34,6 +35,7 @@ VARIANTS: dict[str, dict[str, object]] = {
     "dense + same fine-tuning": {},  # separates the effect of the extra epoch from that of compression
     "structured 25%": {"deep": 0.25, "cross_rank": 0.25, "embedding_dim": 0.25},
     "structured 50%": {"deep": 0.5, "cross_rank": 0.5, "embedding_dim": 0.5},
+    "structured 50%, labels only": {"deep": 0.5, "cross_rank": 0.5, "embedding_dim": 0.5, "distill": 0.0},
     "structured 75%": {"deep": 0.75, "cross_rank": 0.75, "embedding_dim": 0.75},
     "structured 50% + int8": {"deep": 0.5, "cross_rank": 0.5, "embedding_dim": 0.5, "quantize": True},
     "structured 50% + 50% sparse + int8": {"deep": 0.5, "cross_rank": 0.5, "embedding_dim": 0.5, "sparsity": 0.5,
@@ -41,36 +43,40 @@ VARIANTS: dict[str, dict[str, object]] = {
     "unstructured 50% only": {"sparsity": 0.5},
     "int8 only": {"quantize": True},
 }
+LATENCY_ROUNDS = 400  # each model scores one request per round, in turns
 NEUTRAL = {"deep": 0.0, "cross_rank": 0.0, "embedding_dim": 0.0, "sparsity": 0.0, "quantize": False}
 console = Console(width=200)
 
 
 def run_dataset(name: str, finetune_epochs: int) -> list[dict]:
     work = RESULTS / "quality" / name
-    models = work / "runs"
-    if not (models / "ranker" / "meta.json").exists():
-        raise SystemExit(f"{models}: no trained ranker; run `python benchmarks/quality.py --datasets {name}` first")
+    models_dir = work / "runs"
+    if not (models_dir / "ranker" / "meta.json").exists():
+        raise SystemExit(f"{models_dir}: no trained ranker; run `python benchmarks/quality.py --datasets {name}` first")
     cfg = load_config(REPO / "configs" / CONFIGS[name], [f"preprocess.out_dir={work / 'processed'}",
-                                                         f"train.out_dir={models}", "train.eval_users=100000"])
+                                                         f"train.out_dir={models_dir}", "train.eval_users=100000"])
     ctx = load_context(cfg)
-    retrieval = models / "two_tower"
+    retrieval = models_dir / "two_tower"
     c = cfg.compress
     batches = ranker_batches(ctx)
     set_threads(2)
-    rows = [{"variant": "dense", **measure_ranker(ctx, retrieval, load_ranker(ctx, models / "ranker"),
-                                                  cfg.train.eval_users, c.latency_candidates).flat()}]
+    models = {"dense": load_ranker(ctx, models_dir / "ranker")}
+    contexts = {"dense": ctx}
     for variant, settings in VARIANTS.items():
-        vcfg = with_values(cfg, {f"compress.{k}": v for k, v in {**NEUTRAL, **settings,
-                                                                  "finetune_epochs": finetune_epochs}.items()})
-        vctx = load_context(vcfg)
+        vcfg = with_values(cfg, {f"compress.{k}": v for k, v in {**NEUTRAL, "distill": cfg.compress.distill,
+                                                                  **settings, "finetune_epochs": finetune_epochs}.items()})
+        contexts[variant] = load_context(vcfg)
         console.log(f"{name}: {variant}")
-        out = work / "compressed" / variant.replace(" ", "_").replace("%", "pct").replace("+", "plus")
-        bundle = compress_ranker(vctx, retrieval, load_ranker(vctx, models / "ranker"), batches,
+        out = work / "compressed" / variant.replace(" ", "_").replace("%", "pct").replace("+", "plus").replace(",", "")
+        bundle = compress_ranker(contexts[variant], retrieval, load_ranker(ctx, models_dir / "ranker"), batches,
                                  int(batches.steps_per_epoch), out, vcfg.compress)  # type: ignore[attr-defined]
-        small = load_compressed_ranker(bundle, ctx.items, ctx.vocab_fingerprint)
-        rows.append({"variant": variant, **measure_ranker(vctx, retrieval, small, cfg.train.eval_users,
-                                                          c.latency_candidates).flat()})
-    return rows
+        models[variant] = load_compressed_ranker(bundle, ctx.items, ctx.vocab_fingerprint)
+    console.log(f"{name}: timing {len(models)} rankers in turns ({LATENCY_ROUNDS} rounds)")
+    latency = interleaved_latency(models, c.latency_candidates, LATENCY_ROUNDS, threads=1, warmup=20,
+                                  history_length=int(ctx.manifest["history_length"]))
+    return [{"variant": variant, **measure_ranker(contexts[variant], retrieval, model, cfg.train.eval_users,
+                                                  c.latency_candidates, latency=latency[variant]).flat()}
+            for variant, model in models.items()]
 
 
 def print_table(name: str, rows: list[dict]) -> None:

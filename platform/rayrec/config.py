@@ -90,6 +90,10 @@ class PreprocessConfig(Section):
     valid_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of interactions (latest in time) held out for validation.")
     test_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of interactions (latest in time) held out for test.")
     history_length: int = Field(20, ge=1, description="L: items of history kept before each target event.")
+    history_gap_s: float = Field(1800, ge=0, description="A training example's history ends this long before its "
+                                 "event, so it holds the user's L events before the visit the event happened in "
+                                 "(not the view before a click, not the rest of a basket): models learn to predict "
+                                 "beyond the current visit, as they are evaluated; 0 ends it right before the event.")
     random_negatives: int = Field(4, ge=0, description="Random negative items per positive ranking example.")
     price_buckets: int = Field(10, ge=2, description="Quantile buckets of catalog prices.")
     title_tokens: int = Field(12, ge=1, description="Title tokens kept per item.")
@@ -120,9 +124,6 @@ class TwoTowerConfig(Section):
                                  "least this funnel stage (0 = views too, the most evidence of taste).")
     user_dropout: float = Field(0.1, ge=0, lt=1, description="Share of training rows whose user id is "
                                 "replaced by 'unknown', which trains the cold-start path.")
-    context_gap_s: float = Field(1800, ge=0, description="Retrieval training drops history events this "
-                                 "close before the target (the same visit), so the model learns to predict "
-                                 "beyond the current session, as it is evaluated and served; 0 keeps them.")
     temperature: float = Field(0.07, gt=0, description="Softmax temperature (initial value when learnable).")
     learn_temperature: bool = Field(True, description="Learn the temperature rather than fix it.")
     logq_correction: bool = Field(True, description="Subtract log sampling probability from in-batch logits.")
@@ -155,6 +156,10 @@ class CompressConfig(Section):
     quantize: bool = Field(False, description="int8 dynamic quantization of the ranker's Linear layers at load.")
     finetune_epochs: int = Field(1, ge=0, description="Fine-tuning epochs after pruning (0: none).")
     finetune_lr: float = Field(5e-4, gt=0, description="Learning rate of the fine-tuning.")
+    distill: float = Field(0.5, ge=0, le=1, description="Fine-tuning learns this share from the dense ranker's "
+                           "scores on the same candidates (knowledge distillation) and the rest from the labels: "
+                           "the small model copies the dense one's ranking instead of drifting from it with one "
+                           "more epoch on the labels; 0: labels only.")
     latency_candidates: int = Field(100, ge=1, description="Candidates per request when timing ranker scoring.")
     out_dir: str | None = Field(None, description="Compressed ranker bundle (null: <train.out_dir>/ranker_compressed).")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import time
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -71,26 +72,42 @@ def scoring_latency(ranker: Ranker, n_candidates: int = 200, repeats: int = 50, 
                     warmup: int = 5, history_length: int = 20, seed: int = 0) -> dict[str, float]:
     """p50/p99/mean milliseconds to score one request of ``n_candidates`` on CPU with ``threads`` torch
     threads (fixed so numbers compare across trials; restored afterwards). Inference mode, eval mode."""
-    device = next(iter(ranker.buffers())).device
-    if device.type != "cpu":
-        raise ValueError(f"scoring_latency measures CPU serving; the ranker is on {device}")
-    request = random_request(ranker.spec, n_candidates, history_length, seed)
+    return interleaved_latency({"model": ranker}, n_candidates, repeats, threads=threads, warmup=warmup,
+                               history_length=history_length, seed=seed)["model"]
+
+
+def interleaved_latency(rankers: Mapping[str, Ranker], n_candidates: int = 200, repeats: int = 50, *,
+                        threads: int = 1, warmup: int = 5, history_length: int = 20,
+                        seed: int = 0) -> dict[str, dict[str, float]]:
+    """``scoring_latency`` of several rankers measured in turns (one call each per round), so a busy
+    moment on a shared machine slows every model alike instead of whichever ran then."""
+    for name, ranker in rankers.items():
+        device = next(iter(ranker.buffers())).device
+        if device.type != "cpu":
+            raise ValueError(f"scoring_latency measures CPU serving; ranker {name!r} is on {device}")
+    requests = {name: random_request(r.spec, n_candidates, history_length, seed) for name, r in rankers.items()}
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
-    was_training = ranker.training
-    ranker.eval()
+    modes = {name: r.training for name, r in rankers.items()}
+    times: dict[str, list[float]] = {name: [] for name in rankers}
     try:
         with torch.inference_mode():
-            for _ in range(warmup):
-                ranker(*request)
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                ranker(*request)
-                times.append((time.perf_counter() - t0) * 1e3)
+            for r in rankers.values():
+                r.eval()
+            for round_no in range(warmup + repeats):
+                for name, r in rankers.items():
+                    t0 = time.perf_counter()
+                    r(*requests[name])
+                    if round_no >= warmup:
+                        times[name].append((time.perf_counter() - t0) * 1e3)
     finally:
         torch.set_num_threads(previous)
-        ranker.train(was_training)
-    ms = np.asarray(times)
-    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
-            "mean_ms": float(ms.mean()), "n_candidates": n_candidates, "threads": threads, "repeats": repeats}
+        for name, r in rankers.items():
+            r.train(modes[name])
+    out = {}
+    for name, values in times.items():
+        ms = np.asarray(values)
+        out[name] = {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
+                     "mean_ms": float(ms.mean()), "n_candidates": n_candidates, "threads": threads,
+                     "repeats": repeats}
+    return out

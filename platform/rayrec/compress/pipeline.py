@@ -9,6 +9,8 @@ user of this stage) the trial process is the worker.
 
 from __future__ import annotations
 
+import copy
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,24 +51,26 @@ class ModelCost:
 
 
 def measure_ranker(ctx: ModelContext, retrieval_dir: Path, ranker: Ranker, eval_users: int,
-                   latency_candidates: int, quality: dict[str, float] | None = None) -> ModelCost:
-    """Validation quality of retrieval + ``ranker`` (unless given), its CPU scoring latency (1 thread)
-    and size."""
+                   latency_candidates: int, quality: dict[str, float] | None = None,
+                   latency: dict[str, float] | None = None) -> ModelCost:
+    """Validation quality of retrieval + ``ranker`` and its CPU scoring latency (1 thread), each
+    unless given, and its size."""
     cfg = ctx.cfg
     if quality is None:
         assert ctx.valid is not None, "measuring quality needs the validation split in the context"
         quality = two_stage_metrics(load_two_tower(ctx, retrieval_dir), ranker, ctx.valid, eval_users, (20, 50),
                                     cfg.evaluate.exclude_seen, cfg.evaluate.candidates, cfg.ranker.purchase_weight)
-    latency = scoring_latency(ranker, latency_candidates, repeats=100, threads=1,
-                              history_length=int(ctx.manifest["history_length"]))
+    if latency is None:
+        latency = scoring_latency(ranker, latency_candidates, repeats=100, threads=1,
+                                  history_length=int(ctx.manifest["history_length"]))
     return ModelCost(quality=quality, latency=latency, size_bytes=model_size_bytes(ranker),
                      parameters=parameter_count(ranker))
 
 
 def compress_ranker(ctx: ModelContext, retrieval_dir: Path, ranker: Ranker, io: LoopIO | None,
                     steps_per_epoch: int, out_dir: Path, c: CompressConfig) -> Path:
-    """Shrink ``ranker`` by ``c``'s ratios, fine-tune it on ``io`` with gradual pruning to ``c.sparsity``,
-    save it (float weights; quantization recorded, applied at load). Returns the bundle folder."""
+    """Shrink ``ranker`` by ``c``'s ratios, fine-tune it on ``io`` with gradual pruning to ``c.sparsity``
+    (distilling from ``ranker`` by ``c.distill``), save it (float weights; quantization recorded, applied at load). Returns the bundle folder."""
     ratios = ShrinkRatios(deep=c.deep, cross_rank=c.cross_rank, embedding_dim=c.embedding_dim)
     shrunk = shrink_ranker(ranker, ratios, ctx.items)
     pruner = None
@@ -77,8 +81,10 @@ def compress_ranker(ctx: ModelContext, retrieval_dir: Path, ranker: Ranker, io: 
     if c.finetune_epochs > 0:
         if io is None:
             raise ValueError("fine-tuning needs training batches (io)")
+        teacher = copy.deepcopy(ranker).to(io.device).eval() if c.distill > 0 else None
         train_ranker(ctx, io, retrieval_dir, RankerStart(model=shrunk, epochs=c.finetune_epochs, lr=c.finetune_lr,
-                                                         on_step=pruner.step if pruner else None))
+                                                         on_step=pruner.step if pruner else None,
+                                                         teacher=teacher, distill=c.distill))
     elif pruner is not None:
         pruner.prune_to(c.sparsity)  # one-shot: no fine-tuning to spread it over
     if pruner is not None:

@@ -66,6 +66,7 @@ class ExampleSpec:
     history_length: int
     random_negatives: int
     seed: int
+    history_gap_s: float = 0.0  # an event/ranking example's history ends this long before it
 
 
 def _encode(index: pd.Index, values: pd.Series) -> np.ndarray:
@@ -91,6 +92,24 @@ class _Interactions:
     ts_ms: np.ndarray
     session: np.ndarray
     user_start: np.ndarray  # first row of this row's user
+
+    def position_before(self, user_start: np.ndarray, ts_ms: np.ndarray) -> np.ndarray:
+        """Per query: the first row of the user at or after ``ts_ms`` (rows before it are earlier).
+
+        Rows are sorted by (user, ts), so (user's rank in that order, ts) is one sorted key.
+        """
+        rank_of_row = np.cumsum(np.r_[0, np.diff(self.user_start) != 0]).astype(np.int64)
+        keys = (rank_of_row << 42) + self.ts_ms
+        rank = rank_of_row[user_start]
+        return np.maximum(np.searchsorted(keys, (rank << 42) + ts_ms, side="left"), user_start)
+
+    def history_end(self, positions: np.ndarray, gap_ms: int) -> np.ndarray:
+        """Where the history of the rows at ``positions`` ends: right before them, or, with a gap,
+        before the user's first row within ``gap_ms`` of them (the visit they happened in)."""
+        if gap_ms <= 0:
+            return positions
+        ends = self.position_before(self.user_start[positions], self.ts_ms[positions] - gap_ms + 1)
+        return np.minimum(ends, positions)
 
     def history(self, positions: np.ndarray, user_starts: np.ndarray, target_ts: np.ndarray,
                 length: int) -> dict[str, pa.Array]:
@@ -139,9 +158,13 @@ def _event_rows(it: _Interactions, spec: ExampleSpec) -> pa.Table:
         "user_idx": it.user_idx, "item_idx": it.item_idx, "ts_ms": it.ts_ms,
         "split": split_of(it.ts_ms, spec.cutoffs_ms), "stage": it.stage,
         "session_id": pa.array(it.session, pa.string()),
-        **it.history(positions, it.user_start, it.ts_ms, spec.history_length),
+        **it.history(it.history_end(positions, _gap_ms(spec)), it.user_start, it.ts_ms, spec.history_length),
     }  # fmt: skip
     return _table(cols, n, "event")
+
+
+def _gap_ms(spec: ExampleSpec) -> int:
+    return int(round(spec.history_gap_s * 1000))
 
 
 def _ranking_rows(it: _Interactions, spec: ExampleSpec, rng: np.random.Generator) -> pa.Table:
@@ -171,7 +194,7 @@ def _ranking_rows(it: _Interactions, spec: ExampleSpec, rng: np.random.Generator
         "label_click": (label_stage >= 1).astype(np.int8), "label_cart": (label_stage >= 2).astype(np.int8),
         "label_purchase": (label_stage >= 3).astype(np.int8),
         "negative": pa.array(np.r_[np.where(stage >= 1, "", "viewed"), np.full(rep.size, "random")], pa.string()),
-        **it.history(all_pos, it.user_start[all_pos], ts, spec.history_length),
+        **it.history(it.history_end(all_pos, _gap_ms(spec)), it.user_start[all_pos], ts, spec.history_length),
     }  # fmt: skip
     return _table(cols, len(all_pos), "ranking")
 
@@ -198,14 +221,10 @@ def _search_rows(searches: pd.DataFrame, inter: pd.DataFrame, it: _Interactions,
     hits = hits.sort_values(["user_id", "ts_ms"], kind="stable")
     user_idx = _encode(spec.users, hits["user_id"])
     ts = hits["ts_ms"].to_numpy(np.int64)
-    # History = the user's interactions strictly before the search. Interaction rows are sorted by
-    # (user, ts), so (user's rank in that order, ts) is one sorted key to search in.
+    # History = the user's interactions strictly before the search (the visit so far included).
     starts = np.unique(it.user_start)
-    rank_of = pd.Series(np.arange(len(starts)), index=it.user_idx[starts])
-    rank = rank_of.reindex(user_idx).to_numpy()
-    keys = (np.cumsum(np.r_[0, np.diff(it.user_start) != 0]) << 42) + it.ts_ms
-    positions = np.searchsorted(keys, (rank.astype(np.int64) << 42) + ts, side="left")
-    first = starts[rank]
+    first = starts[pd.Series(np.arange(len(starts)), index=it.user_idx[starts]).reindex(user_idx).to_numpy()]
+    positions = it.position_before(first, ts)
     tokens = encode_token_lists(spec.tokens, [tokenize(q) for q in hits["query"]])
     cols = {
         "user_idx": user_idx, "item_idx": _encode(spec.items, hits["item_id"]), "ts_ms": ts,

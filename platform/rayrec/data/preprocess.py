@@ -299,7 +299,7 @@ def run_preprocess(cfg: RayrecConfig, on_stage: StageCallback = lambda _: None) 
     spec = ExampleSpec(
         users=pd.Index(vocabs["users"].values), items=pd.Index(vocabs["items"].values),
         tokens=pd.Index(vocabs["tokens"].values), cutoffs_ms=cutoffs, history_length=p.history_length,
-        random_negatives=p.random_negatives, seed=p.seed,
+        random_negatives=p.random_negatives, seed=p.seed, history_gap_s=p.history_gap_s,
     )  # fmt: skip
     examples = (kept.groupby(USER_BUCKET)
                 .map_groups(build_user_examples, batch_format="pandas", fn_kwargs={"spec": spec})
@@ -340,6 +340,7 @@ def run_preprocess(cfg: RayrecConfig, on_stage: StageCallback = lambda _: None) 
         "time_ranges": time_ranges,
         "price_bucket_edges": price_edges,
         "history_length": p.history_length,
+        "history_gap_s": p.history_gap_s,
     }  # fmt: skip
     if not manifest["counts"]["adds_up"]:
         raise PreprocessError(f"internal error: counts do not add up: {manifest['counts']}")

@@ -25,7 +25,7 @@ from torch import nn
 from rayrec.artifacts import load_bundle, load_optimizer_state, load_two_tower_model, read_meta, save_bundle
 from rayrec.config import RayrecConfig
 from rayrec.features.items import ItemFeatureTable
-from rayrec.models.losses import in_batch_softmax_loss, multi_task_bce
+from rayrec.models.losses import distillation_bce, in_batch_softmax_loss, multi_task_bce
 from rayrec.models.ranker import Ranker, RankerSpec
 from rayrec.models.two_tower import TwoTowerModel, TwoTowerSpec
 from rayrec.train.evaluate import EvalSplit
@@ -211,13 +211,16 @@ def load_two_tower(ctx: ModelContext, directory: Path) -> TwoTowerModel:
 @dataclass
 class RankerStart:
     """A ranker run that fine-tunes a given model (e.g. a structurally pruned one) instead of
-    training a fresh one: its epochs and learning rate, and a hook after every optimizer step
-    (gradual pruning)."""
+    training a fresh one: its epochs and learning rate, a hook after every optimizer step (gradual
+    pruning), and optionally a teacher whose probabilities on the same candidates are the targets
+    for a ``distill`` share of the loss (the labels keep the rest)."""
 
     model: Ranker
     epochs: int
     lr: float
     on_step: Callable[[], None] | None = None
+    teacher: Ranker | None = None
+    distill: float = 0.0
 
 
 def train_ranker(ctx: ModelContext, io: LoopIO, retrieval_dir: Path, begin: RankerStart | None = None) -> None:
@@ -250,7 +253,13 @@ def train_ranker(ctx: ModelContext, io: LoopIO, retrieval_dir: Path, begin: Rank
             with io.precision():
                 logits = wrapped(user, batch["hist_items"], batch["hist_gaps_s"], cand, score)
             real = (cand > 0).reshape(-1, 1).float()  # masked hard-negative slots carry no loss
-            loss = multi_task_bce(logits.float().reshape(-1, 2), labels.reshape(-1, 2), real)
+            if begin and begin.teacher is not None and begin.distill > 0:
+                with torch.no_grad():
+                    teacher = begin.teacher(user, batch["hist_items"], batch["hist_gaps_s"], cand, score)
+                loss = distillation_bce(logits.float().reshape(-1, 2), labels.reshape(-1, 2), teacher.reshape(-1, 2),
+                                        begin.distill, real)
+            else:
+                loss = multi_task_bce(logits.float().reshape(-1, 2), labels.reshape(-1, 2), real)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -49,33 +49,33 @@ def load_context(cfg: RayrecConfig, with_valid: bool = True) -> ModelContext:
     return ModelContext(cfg=cfg, manifest=manifest, items=items, valid=valid)
 
 
-def _mask_own_visit(rows: dict[str, np.ndarray], context_gap_s: float) -> dict[str, np.ndarray]:
-    """Blank the target item, and the visit it happened in, out of each example's history.
+def _mask_own_item(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Blank the target item out of each example's history (an earlier visit's view of it).
 
-    In a funnel log the click on an item follows a view of that same item seconds earlier; left
-    in, a model learns to copy the last viewed item (retrieval) or to score "just viewed" (ranker),
-    which is worth nothing where the items to find are the ones not yet seen. The rest of the same
-    visit is dropped too (``context_gap_s``), as evaluation and serving look from a later moment.
+    Left in, a model learns to copy a viewed item (retrieval) or to score "seen before" (ranker),
+    which is worth nothing where the items to find are the ones not yet seen (evaluation excludes
+    them). The rest of the target's own visit is already outside the history
+    (``preprocess.history_gap_s``).
     """
-    own = (rows["hist_items"] == rows["item_idx"][:, None]) | (rows["hist_gaps_s"] < context_gap_s)
+    own = rows["hist_items"] == rows["item_idx"][:, None]
     for name in ("hist_items", "hist_types", "hist_gaps", "hist_gaps_s"):
         rows[name] = np.where(own, 0, rows[name]).astype(rows[name].dtype)
     return rows
 
 
-def _retrieval_rows(table: pa.Table, length: int, min_stage: int, context_gap_s: float) -> dict[str, np.ndarray]:
-    """Train-split engagements at ``min_stage`` or later, own visit masked."""
+def _retrieval_rows(table: pa.Table, length: int, min_stage: int) -> dict[str, np.ndarray]:
+    """Train-split engagements at ``min_stage`` or later, own item masked."""
     mask = (table.column("split").to_numpy() == 0) & (table.column("stage").to_numpy() >= min_stage)
-    return _mask_own_visit(example_inputs(table.filter(pa.array(mask)), length), context_gap_s)
+    return _mask_own_item(example_inputs(table.filter(pa.array(mask)), length))
 
 
-def _ranking_rows(table: pa.Table, length: int, context_gap_s: float, viewed_negatives: bool) -> dict[str, np.ndarray]:
-    """Train-split ranking examples (positives and their negatives alike), own visit masked."""
+def _ranking_rows(table: pa.Table, length: int, viewed_negatives: bool) -> dict[str, np.ndarray]:
+    """Train-split ranking examples (positives and their negatives alike), own item masked."""
     mask = table.column("split").to_numpy() == 0
     if not viewed_negatives:
         mask &= table.column("negative").to_numpy(zero_copy_only=False) != "viewed"
     rows = example_inputs(table.filter(pa.array(mask)), length, extra=RANKING_LABELS)
-    return _mask_own_visit(rows, context_gap_s)
+    return _mask_own_item(rows)
 
 
 def training_dataset(cfg: RayrecConfig, kind: str, history_length: int) -> Any:
@@ -87,13 +87,11 @@ def training_dataset(cfg: RayrecConfig, kind: str, history_length: int) -> Any:
         ds = ray.data.read_parquet(str(processed / "events"), columns=[
             "item_idx", "user_idx", "split", "stage", "hist_items", "hist_types", "hist_gaps_s"])
         return ds.map_batches(_retrieval_rows, batch_format="pyarrow",
-                              fn_kwargs={"length": history_length, "min_stage": cfg.model.train_min_stage,
-                                         "context_gap_s": cfg.model.context_gap_s})
+                              fn_kwargs={"length": history_length, "min_stage": cfg.model.train_min_stage})
     ds = ray.data.read_parquet(str(processed / "ranking"), columns=[
         "item_idx", "user_idx", "split", "negative", "hist_items", "hist_types", "hist_gaps_s", *RANKING_LABELS])
     return ds.map_batches(_ranking_rows, batch_format="pyarrow",
-                          fn_kwargs={"length": history_length, "context_gap_s": cfg.model.context_gap_s,
-                                     "viewed_negatives": cfg.ranker.viewed_negatives})
+                          fn_kwargs={"length": history_length, "viewed_negatives": cfg.ranker.viewed_negatives})
 
 
 def _worker(config: dict[str, Any]) -> None:

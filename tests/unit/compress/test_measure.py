@@ -4,7 +4,13 @@ from dataclasses import replace
 
 import torch
 
-from rayrec.compress.measure import model_size_bytes, parameter_count, random_request, scoring_latency
+from rayrec.compress.measure import (
+    interleaved_latency,
+    model_size_bytes,
+    parameter_count,
+    random_request,
+    scoring_latency,
+)
 from rayrec.compress.prune import GradualMagnitudePruner, make_permanent, ranker_prune_targets
 from rayrec.compress.quantize import quantize_int8
 from rayrec.compress.shrink import ShrinkRatios, shrink_ranker
@@ -47,3 +53,14 @@ def test_scoring_latency_reports_percentiles_and_restores_threads(ranker):
     result = scoring_latency(quantize_int8(ranker), n_candidates=50, repeats=10, warmup=1)
     assert 0 < result["p50_ms"] <= result["p99_ms"] and result["n_candidates"] == 50 and result["threads"] == 1
     assert torch.get_num_threads() == threads
+
+
+def test_interleaved_latency_times_every_model_in_turns_and_restores_modes(ranker, items):
+    small = shrink_ranker(ranker, ShrinkRatios(deep=0.5, cross_rank=0.5, embedding_dim=0.5), items).train()
+    calls: list[str] = []
+    for name, model in (("dense", ranker), ("small", small)):
+        model.register_forward_hook(lambda *_, n=name: calls.append(n))
+    result = interleaved_latency({"dense": ranker, "small": small}, n_candidates=30, repeats=6, warmup=2)
+    assert set(result) == {"dense", "small"} and all(r["repeats"] == 6 and r["p50_ms"] > 0 for r in result.values())
+    assert calls == ["dense", "small"] * 8  # one call each per round, warm-up included
+    assert small.training and not ranker.training  # modes restored

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -56,6 +58,24 @@ def test_event_rows_carry_strictly_earlier_history(examples):
     assert list(u1.hist_gaps_s.iloc[1]) == [1.0]
     u2 = ev[ev.user_idx == 3]
     assert [list(h) for h in u2.hist_items] == [[], [4]]  # never sees u1's events
+
+
+def test_history_gap_ends_history_before_the_visit():
+    """With a 60 s gap an example's history is the L events at least 60 s before it: the funnel
+    steps of its own visit are left out and older events take their place."""
+    spec = dataclasses.replace(SPEC, history_gap_s=60)
+    out = build_user_examples(LOG, spec).to_pandas()
+    ev = out[out.kind == "event"]
+    u1 = ev[ev.user_idx == 2].sort_values("ts_ms")
+    assert [list(h) for h in u1.hist_items] == [[], [], [], [], [3, 3]]  # i3 at +101 s: i2's click and cart
+    assert list(u1.hist_gaps_s.iloc[-1]) == [98.0, 97.0]
+    u2 = ev[ev.user_idx == 3].sort_values("ts_ms")
+    assert [list(h) for h in u2.hist_items] == [[], [4]]  # 150 s apart: kept
+    rk = out[(out.kind == "ranking") & (out.negative == "")].set_index(["user_idx", "item_idx"])
+    assert list(rk.loc[(2, 3), "hist_items"]) == []  # the view of i2 two seconds before its click: same visit
+    assert list(rk.loc[(2, 4), "hist_items"]) == [3, 3]
+    se = out[out.kind == "search"].sort_values("ts_ms")
+    assert list(se.hist_items.iloc[-1]) == [3, 3]  # searches keep everything before them
 
 
 def test_splits_follow_the_cutoffs(examples):
