@@ -1,6 +1,7 @@
 """Compression benchmark: the dense ranker vs structurally pruned (several ratios) vs pruned + int8
 vs unstructured-only, on quality (validation NDCG@20 / Recall@20 of retrieval + ranker), CPU scoring
-latency (p50/p99 per request, 1 thread) and size, in one run per dataset.
+latency (p50/p99 per request and per serving batch of 16 requests, 1 thread, all models timed in
+turns) and size, in one run per dataset.
 
 Reuses the models `benchmarks/quality.py` trained (benchmarks/results/quality/<dataset>/); run that
 first. Every variant is fine-tuned for the same epochs from the same dense model and saved as a
@@ -44,6 +45,8 @@ VARIANTS: dict[str, dict[str, object]] = {
     "int8 only": {"quantize": True},
 }
 LATENCY_ROUNDS = 400  # each model scores one request per round, in turns
+# Requests the ranking deployment scores in one call when busy (its @serve.batch merges them; max 32).
+SERVING_BATCH = 16
 NEUTRAL = {"deep": 0.0, "cross_rank": 0.0, "embedding_dim": 0.0, "sparsity": 0.0, "quantize": False}
 console = Console(width=200)
 
@@ -72,24 +75,30 @@ def run_dataset(name: str, finetune_epochs: int) -> list[dict]:
                                  int(batches.steps_per_epoch), out, vcfg.compress)  # type: ignore[attr-defined]
         models[variant] = load_compressed_ranker(bundle, ctx.items, ctx.vocab_fingerprint)
     console.log(f"{name}: timing {len(models)} rankers in turns ({LATENCY_ROUNDS} rounds)")
+    length = int(ctx.manifest["history_length"])
     latency = interleaved_latency(models, c.latency_candidates, LATENCY_ROUNDS, threads=1, warmup=20,
-                                  history_length=int(ctx.manifest["history_length"]))
+                                  history_length=length)
+    batched = interleaved_latency(models, c.latency_candidates, LATENCY_ROUNDS // 4, threads=1, warmup=5,
+                                  history_length=length, requests=SERVING_BATCH)
     return [{"variant": variant, **measure_ranker(contexts[variant], retrieval, model, cfg.train.eval_users,
-                                                  c.latency_candidates, latency=latency[variant]).flat()}
+                                                  c.latency_candidates, latency=latency[variant]).flat(),
+             "batch_p50_ms": batched[variant]["p50_ms"], "batch_p99_ms": batched[variant]["p99_ms"]}
             for variant, model in models.items()]
 
 
 def print_table(name: str, rows: list[dict]) -> None:
     dense = rows[0]
-    t = Table(title=f"{name}: ranker compression (validation, all users; CPU scoring of 100 candidates, 1 thread)")
+    t = Table(title=f"{name}: ranker compression (validation, all users; CPU, 1 thread, 100 candidates per request, "
+                    f"one request and a serving batch of {SERVING_BATCH} per call, all models timed in turns)")
     for col in ("variant", "params", "nonzero", "size KB", "ndcg@20", "Δ ndcg", "recall@20", "p50 ms", "p99 ms",
-                "Δ p50", "Δ size", "Δ params"):
+                "Δ p50", f"×{SERVING_BATCH} p50 ms", f"Δ ×{SERVING_BATCH}", "Δ size", "Δ params"):
         t.add_column(col, justify="left" if col == "variant" else "right")
     for r in rows:
         t.add_row(r["variant"], f"{r['parameters']:,.0f}", f"{r['nonzero_parameters']:,.0f}",
                   f"{r['size_bytes'] / 1024:,.0f}", f"{r['valid_ndcg@20']:.4f}",
                   f"{r['valid_ndcg@20'] / dense['valid_ndcg@20'] - 1:+.1%}", f"{r['valid_recall@20']:.4f}",
                   f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['p50_ms'] / dense['p50_ms'] - 1:+.0%}",
+                  f"{r['batch_p50_ms']:.2f}", f"{r['batch_p50_ms'] / dense['batch_p50_ms'] - 1:+.0%}",
                   f"{r['size_bytes'] / dense['size_bytes'] - 1:+.0%}",
                   f"{r['nonzero_parameters'] / dense['parameters'] - 1:+.0%}")
     console.print(t)

@@ -53,18 +53,20 @@ def model_size_bytes(model: nn.Module) -> int:
     return buffer.getbuffer().nbytes
 
 
-def random_request(spec: RankerSpec, n_candidates: int, history_length: int = 20, seed: int = 0) -> RankerRequest:
-    """One request's inputs for ``Ranker.forward`` (batch of 1): a unit-norm user vector, a full
+def random_request(spec: RankerSpec, n_candidates: int, history_length: int = 20, seed: int = 0,
+                   requests: int = 1) -> RankerRequest:
+    """``requests`` requests' inputs for ``Ranker.forward`` (1: one request): a unit-norm user vector, a full
     history of item ids with increasing gaps (seconds), ``n_candidates`` candidate ids and their
     retrieval cosines. Random but shaped like serving traffic, which is all latency depends on."""
     if spec.n_items < 3:
         raise ValueError("the ranker needs at least one real item id (>= 2) to build a request")
     g = torch.Generator().manual_seed(seed)
-    user = torch.nn.functional.normalize(torch.randn(1, spec.user_dim, generator=g), dim=-1)
-    hist = torch.randint(2, spec.n_items, (1, history_length), generator=g)
-    gaps = torch.sort(torch.rand(1, history_length, generator=g) * 30 * 86400, descending=True).values
-    cand = torch.randint(2, spec.n_items, (1, n_candidates), generator=g)
-    score = torch.rand(1, n_candidates, generator=g) * 2 - 1
+    b = requests
+    user = torch.nn.functional.normalize(torch.randn(b, spec.user_dim, generator=g), dim=-1)
+    hist = torch.randint(2, spec.n_items, (b, history_length), generator=g)
+    gaps = torch.sort(torch.rand(b, history_length, generator=g) * 30 * 86400, descending=True).values
+    cand = torch.randint(2, spec.n_items, (b, n_candidates), generator=g)
+    score = torch.rand(b, n_candidates, generator=g) * 2 - 1
     return user, hist, gaps, cand, score
 
 
@@ -77,15 +79,17 @@ def scoring_latency(ranker: Ranker, n_candidates: int = 200, repeats: int = 50, 
 
 
 def interleaved_latency(rankers: Mapping[str, Ranker], n_candidates: int = 200, repeats: int = 50, *,
-                        threads: int = 1, warmup: int = 5, history_length: int = 20,
-                        seed: int = 0) -> dict[str, dict[str, float]]:
+                        threads: int = 1, warmup: int = 5, history_length: int = 20, seed: int = 0,
+                        requests: int = 1) -> dict[str, dict[str, float]]:
     """``scoring_latency`` of several rankers measured in turns (one call each per round), so a busy
-    moment on a shared machine slows every model alike instead of whichever ran then."""
+    moment on a shared machine slows every model alike instead of whichever ran then; ``requests``
+    requests are scored per call (the ranking deployment merges a batch of requests into one call)."""
     for name, ranker in rankers.items():
         device = next(iter(ranker.buffers())).device
         if device.type != "cpu":
             raise ValueError(f"scoring_latency measures CPU serving; ranker {name!r} is on {device}")
-    requests = {name: random_request(r.spec, n_candidates, history_length, seed) for name, r in rankers.items()}
+    inputs = {name: random_request(r.spec, n_candidates, history_length, seed, requests)
+              for name, r in rankers.items()}
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     modes = {name: r.training for name, r in rankers.items()}
@@ -97,7 +101,7 @@ def interleaved_latency(rankers: Mapping[str, Ranker], n_candidates: int = 200, 
             for round_no in range(warmup + repeats):
                 for name, r in rankers.items():
                     t0 = time.perf_counter()
-                    r(*requests[name])
+                    r(*inputs[name])
                     if round_no >= warmup:
                         times[name].append((time.perf_counter() - t0) * 1e3)
     finally:
@@ -109,5 +113,5 @@ def interleaved_latency(rankers: Mapping[str, Ranker], n_candidates: int = 200, 
         ms = np.asarray(values)
         out[name] = {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
                      "mean_ms": float(ms.mean()), "n_candidates": n_candidates, "threads": threads,
-                     "repeats": repeats}
+                     "repeats": repeats, "requests": requests}
     return out
