@@ -14,6 +14,7 @@ quality-vs-latency PNG per dataset.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -68,7 +69,7 @@ def run_dataset(name: str, finetune_epochs: int) -> list[dict]:
     for variant, settings in VARIANTS.items():
         vcfg = with_values(cfg, {f"compress.{k}": v for k, v in {**NEUTRAL, "distill": cfg.compress.distill,
                                                                   **settings, "finetune_epochs": finetune_epochs}.items()})
-        contexts[variant] = load_context(vcfg)
+        contexts[variant] = dataclasses.replace(ctx, cfg=vcfg)  # same data and validation split
         console.log(f"{name}: {variant}")
         out = work / "compressed" / variant.replace(" ", "_").replace("%", "pct").replace("+", "plus").replace(",", "")
         bundle = compress_ranker(contexts[variant], retrieval, load_ranker(ctx, models_dir / "ranker"), batches,

@@ -10,7 +10,6 @@ user of this stage) the trial process is the worker.
 from __future__ import annotations
 
 import copy
-
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,7 +69,8 @@ def measure_ranker(ctx: ModelContext, retrieval_dir: Path, ranker: Ranker, eval_
 def compress_ranker(ctx: ModelContext, retrieval_dir: Path, ranker: Ranker, io: LoopIO | None,
                     steps_per_epoch: int, out_dir: Path, c: CompressConfig) -> Path:
     """Shrink ``ranker`` by ``c``'s ratios, fine-tune it on ``io`` with gradual pruning to ``c.sparsity``
-    (distilling from ``ranker`` by ``c.distill``), save it (float weights; quantization recorded, applied at load). Returns the bundle folder."""
+    (distilling from ``ranker`` by ``c.distill``), save it (float weights; quantization recorded,
+    applied at load). Returns the bundle folder."""
     ratios = ShrinkRatios(deep=c.deep, cross_rank=c.cross_rank, embedding_dim=c.embedding_dim)
     shrunk = shrink_ranker(ranker, ratios, ctx.items)
     pruner = None

@@ -92,16 +92,15 @@ class _Interactions:
     ts_ms: np.ndarray
     session: np.ndarray
     user_start: np.ndarray  # first row of this row's user
+    # (user's rank in the row order << 42) + ts: rows are sorted by (user, ts), so this one key is
+    # sorted and a (user, time) lookup is one searchsorted.
+    order_key: np.ndarray
 
     def position_before(self, user_start: np.ndarray, ts_ms: np.ndarray) -> np.ndarray:
-        """Per query: the first row of the user at or after ``ts_ms`` (rows before it are earlier).
-
-        Rows are sorted by (user, ts), so (user's rank in that order, ts) is one sorted key.
-        """
-        rank_of_row = np.cumsum(np.r_[0, np.diff(self.user_start) != 0]).astype(np.int64)
-        keys = (rank_of_row << 42) + self.ts_ms
-        rank = rank_of_row[user_start]
-        return np.maximum(np.searchsorted(keys, (rank << 42) + ts_ms, side="left"), user_start)
+        """Per query: the first row of the user (whose first row is ``user_start``) at or after
+        ``ts_ms``; the rows before it are earlier."""
+        rank = self.order_key[user_start] >> 42
+        return np.maximum(np.searchsorted(self.order_key, (rank << 42) + ts_ms, side="left"), user_start)
 
     def history_end(self, positions: np.ndarray, gap_ms: int) -> np.ndarray:
         """Where the history of the rows at ``positions`` ends: right before them, or, with a gap,
@@ -126,13 +125,15 @@ def _interactions(df: pd.DataFrame, spec: ExampleSpec) -> _Interactions:
     user_idx = _encode(spec.users, df["user_id"])
     starts = np.flatnonzero(np.r_[True, user_idx[1:] != user_idx[:-1]]) if len(df) else np.array([], int)
     lengths = np.diff(np.r_[starts, len(df)])
+    ts_ms = df["ts_ms"].to_numpy(np.int64)
     return _Interactions(
         user_idx=user_idx,
         item_idx=_encode(spec.items, df["item_id"]),
         stage=df["event_type"].map(FUNNEL_STAGE).to_numpy(np.int8),
-        ts_ms=df["ts_ms"].to_numpy(np.int64),
+        ts_ms=ts_ms,
         session=df["session_id"].astype(str).to_numpy(object),
         user_start=np.repeat(starts, lengths),
+        order_key=(np.repeat(np.arange(len(starts), dtype=np.int64), lengths) << 42) + ts_ms,
     )
 
 

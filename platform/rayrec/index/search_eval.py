@@ -26,7 +26,7 @@ from rayrec.config import RayrecConfig
 from rayrec.features.batches import example_inputs
 from rayrec.features.items import ItemFeatureTable
 from rayrec.index.release import ITEMS, SEARCH, release_root, resolve_release, verify_release
-from rayrec.index.text_search import ProductSearch, SearchHits, blend_personal, relevance_tier
+from rayrec.index.text_search import ProductSearch, SearchHits, blend_personal, tier_candidates
 from rayrec.metrics import ranking_metrics
 from rayrec.models.ranker import Ranker
 from rayrec.train.evaluate import write_report
@@ -80,9 +80,7 @@ class Personalizer:
 
     def orders(self, batch: dict[str, np.ndarray], hits: list[SearchHits], search_cfg: Any) -> list[np.ndarray]:
         """Per row: positions into its hits, personalized where the user has history."""
-        tiers = [relevance_tier(h, search_cfg) for h in hits]  # the ranker scores what it may re-order
-        cand = _padded([h.items[:t] for h, t in zip(hits, tiers)], max(max(tiers), 1))
-        scores = self.candidate_scores(batch, cand)
+        scores = self.candidate_scores(batch, tier_candidates(hits, search_cfg))
         has_history = (batch["hist_items"] > 0).any(axis=1)
         return [blend_personal(h, s, search_cfg) if known and len(h.items) > 1 else np.arange(len(h.items))
                 for h, s, known in zip(hits, scores, has_history)]

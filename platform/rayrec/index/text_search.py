@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,6 +100,16 @@ def relevance_tier(hits: SearchHits, cfg: SearchConfig) -> int:
     if not len(hits.score):
         return 0
     return min(int((hits.score >= cfg.personal_min_relevance * hits.score[0]).sum()), cfg.personalize_depth)
+
+
+def tier_candidates(hits: Sequence[SearchHits], cfg: SearchConfig) -> np.ndarray:
+    """What the ranker scores for personalization: each query's relevance tier (all it may
+    re-order), as item ids [queries, widest tier], padded with -1."""
+    tiers = [relevance_tier(h, cfg) for h in hits]
+    cand = np.full((len(hits), max(tiers, default=0) or 1), -1, dtype=np.int64)
+    for row, (h, tier) in enumerate(zip(hits, tiers)):
+        cand[row, :tier] = h.items[:tier]
+    return cand
 
 
 def blend_personal(hits: SearchHits, rank_score: np.ndarray, cfg: SearchConfig) -> np.ndarray:

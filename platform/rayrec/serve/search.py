@@ -21,7 +21,7 @@ from ray import serve
 
 from rayrec.config import SearchConfig
 from rayrec.index.release import SEARCH
-from rayrec.index.text_search import ProductSearch, SearchHits, blend_personal, relevance_tier
+from rayrec.index.text_search import ProductSearch, SearchHits, blend_personal, tier_candidates
 from rayrec.serve.catalog import ItemFilter
 from rayrec.serve.retrieval import RetrievalStage
 
@@ -66,12 +66,7 @@ class SearchStage:
         users = [str(queries[i].user_id) for i in rows]
         histories = await stage.store.histories(users)
         user_vec, h = core.user_vectors(users, histories, int(time.time() * 1000))
-        # The ranker scores only what it may re-order: each query's relevance tier.
-        tiers = [relevance_tier(hits[i], self.cfg) for i in rows]
-        cand = np.full((len(rows), max(tiers)), -1, dtype=np.int64)
-        for j, (i, tier) in enumerate(zip(rows, tiers)):
-            cand[j, :tier] = hits[i].items[:tier]
-        batch = core.candidate_batch(user_vec, h, cand)
+        batch = core.candidate_batch(user_vec, h, tier_candidates([hits[i] for i in rows], self.cfg))
         scores = await stage.rank(batch)
         if scores is None:
             return {}

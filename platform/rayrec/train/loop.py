@@ -253,13 +253,13 @@ def train_ranker(ctx: ModelContext, io: LoopIO, retrieval_dir: Path, begin: Rank
             with io.precision():
                 logits = wrapped(user, batch["hist_items"], batch["hist_gaps_s"], cand, score)
             real = (cand > 0).reshape(-1, 1).float()  # masked hard-negative slots carry no loss
+            flat, targets = logits.float().reshape(-1, 2), labels.reshape(-1, 2)
             if begin and begin.teacher is not None and begin.distill > 0:
                 with torch.no_grad():
                     teacher = begin.teacher(user, batch["hist_items"], batch["hist_gaps_s"], cand, score)
-                loss = distillation_bce(logits.float().reshape(-1, 2), labels.reshape(-1, 2), teacher.reshape(-1, 2),
-                                        begin.distill, real)
+                loss = distillation_bce(flat, targets, teacher.reshape(-1, 2), begin.distill, real)
             else:
-                loss = multi_task_bce(logits.float().reshape(-1, 2), labels.reshape(-1, 2), real)
+                loss = multi_task_bce(flat, targets, real)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

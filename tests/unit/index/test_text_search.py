@@ -18,6 +18,7 @@ from rayrec.index.text_search import (
     item_text,
     query_words,
     relevance_tier,
+    tier_candidates,
 )
 
 ITEMS = pd.DataFrame({
@@ -112,6 +113,8 @@ def test_blend_personal_reorders_only_the_relevance_tier():
     cfg = SearchConfig(personal_weight=100, personal_min_relevance=0.9)
     assert relevance_tier(hits, cfg) == 2  # what Serve sends the ranker
     assert relevance_tier(hits, cfg.model_copy(update={"personalize_depth": 1})) == 1
+    one = SearchHits(np.array([20]), np.array([0.03]), np.ones(1, np.int32), np.zeros(1, np.int32))
+    assert tier_candidates([hits, one], cfg).tolist() == [[10, 11], [20, -1]]  # the ranker's input, -1 padded
     assert blend_personal(hits, ranker, cfg).tolist() == [1, 0, 2, 3]  # the weak matches stay below
     assert blend_personal(hits, ranker[:2], cfg).tolist() == [1, 0, 2, 3]  # scores of the tier are enough
     everything = blend_personal(hits, ranker, cfg.model_copy(update={"personal_min_relevance": 0.0}))
