@@ -1,12 +1,13 @@
 """Compression benchmark: the dense ranker vs structurally pruned (several ratios) vs pruned + int8
 vs unstructured-only, on quality (validation NDCG@20 / Recall@20 of retrieval + ranker), CPU scoring
 latency (p50/p99 per request and per serving batch of 16 requests, 1 thread, all models timed in
-turns) and size, in one run per dataset.
+turns, in the TorchScript form the ranking deployment serves and eagerly) and size, in one run per dataset.
 
 Reuses the models `benchmarks/quality.py` trained (benchmarks/results/quality/<dataset>/); run that
-first. Every variant is fine-tuned for the same epochs from the same dense model and saved as a
-normal bundle. Prints a table per dataset, writes benchmarks/results/compression.json and a
-quality-vs-latency PNG per dataset.
+first. Every variant is fine-tuned for the same epochs from the same dense model, ``--seeds`` times
+with different seeds (its quality is their mean, with the range: one run's noise is the size of the
+1% criterion), and saved as a normal bundle. Prints a table per dataset, writes
+benchmarks/results/compression.json and a quality-vs-latency PNG per dataset.
 
     python benchmarks/compression.py [--datasets demo,movielens-100k] [--finetune-epochs 1]
 """
@@ -17,6 +18,8 @@ import argparse
 import dataclasses
 import json
 from pathlib import Path
+
+import numpy as np
 
 from rich.console import Console
 from rich.table import Table
@@ -52,7 +55,7 @@ NEUTRAL = {"deep": 0.0, "cross_rank": 0.0, "embedding_dim": 0.0, "sparsity": 0.0
 console = Console(width=200)
 
 
-def run_dataset(name: str, finetune_epochs: int) -> list[dict]:
+def run_dataset(name: str, finetune_epochs: int, seeds: int) -> list[dict]:
     work = RESULTS / "quality" / name
     models_dir = work / "runs"
     if not (models_dir / "ranker" / "meta.json").exists():
@@ -66,40 +69,61 @@ def run_dataset(name: str, finetune_epochs: int) -> list[dict]:
     set_threads(2)
     models = {"dense": load_ranker(ctx, models_dir / "ranker")}
     contexts = {"dense": ctx}
+    runs: dict[str, list] = {"dense": [models["dense"]]}  # every fine-tuning seed's model
     for variant, settings in VARIANTS.items():
-        vcfg = with_values(cfg, {f"compress.{k}": v for k, v in {**NEUTRAL, "distill": cfg.compress.distill,
-                                                                  **settings, "finetune_epochs": finetune_epochs}.items()})
-        contexts[variant] = dataclasses.replace(ctx, cfg=vcfg)  # same data and validation split
-        console.log(f"{name}: {variant}")
-        out = work / "compressed" / variant.replace(" ", "_").replace("%", "pct").replace("+", "plus").replace(",", "")
-        bundle = compress_ranker(contexts[variant], retrieval, load_ranker(ctx, models_dir / "ranker"), batches,
-                                 int(batches.steps_per_epoch), out, vcfg.compress)  # type: ignore[attr-defined]
-        models[variant] = load_compressed_ranker(bundle, ctx.items, ctx.vocab_fingerprint)
+        runs[variant] = []
+        for seed in range(seeds):
+            vcfg = with_values(cfg, {**{f"compress.{k}": v for k, v in {
+                **NEUTRAL, "distill": cfg.compress.distill, **settings, "finetune_epochs": finetune_epochs}.items()},
+                "train.seed": cfg.train.seed + seed})
+            contexts.setdefault(variant, dataclasses.replace(ctx, cfg=vcfg))  # same data and validation split
+            console.log(f"{name}: {variant}, fine-tuning seed {seed}")
+            folder = variant.replace(" ", "_").replace("%", "pct").replace("+", "plus").replace(",", "")
+            steps = int(batches.steps_per_epoch)  # type: ignore[attr-defined]
+            dense = load_ranker(ctx, models_dir / "ranker")
+            bundle = compress_ranker(dataclasses.replace(ctx, cfg=vcfg), retrieval, dense, batches, steps,
+                                     work / "compressed" / f"{folder}_seed{seed}", vcfg.compress)
+            runs[variant].append(load_compressed_ranker(bundle, ctx.items, ctx.vocab_fingerprint))
+        models[variant] = runs[variant][0]
     console.log(f"{name}: timing {len(models)} rankers in turns ({LATENCY_ROUNDS} rounds)")
     length = int(ctx.manifest["history_length"])
     latency = interleaved_latency(models, c.latency_candidates, LATENCY_ROUNDS, threads=1, warmup=20,
                                   history_length=length)
     batched = interleaved_latency(models, c.latency_candidates, LATENCY_ROUNDS // 4, threads=1, warmup=5,
                                   history_length=length, requests=SERVING_BATCH)
-    return [{"variant": variant, **measure_ranker(contexts[variant], retrieval, model, cfg.train.eval_users,
-                                                  c.latency_candidates, latency=latency[variant]).flat(),
-             "batch_p50_ms": batched[variant]["p50_ms"], "batch_p99_ms": batched[variant]["p99_ms"]}
-            for variant, model in models.items()]
+    eager = interleaved_latency(models, c.latency_candidates, LATENCY_ROUNDS // 2, threads=1, warmup=10,
+                                history_length=length, torchscript=False)
+    rows = []
+    for variant in models:
+        costs = [measure_ranker(contexts[variant], retrieval, m, cfg.train.eval_users, c.latency_candidates,
+                                latency=latency[variant]).flat() for m in runs[variant]]
+        ndcgs = [cost["valid_ndcg@20"] for cost in costs]
+        rows.append({"variant": variant, **costs[0], "valid_ndcg@20": float(np.mean(ndcgs)),
+                     "valid_recall@20": float(np.mean([cost["valid_recall@20"] for cost in costs])),
+                     "ndcg_runs": ndcgs, "batch_p50_ms": batched[variant]["p50_ms"],
+                     "batch_p99_ms": batched[variant]["p99_ms"], "eager_p50_ms": eager[variant]["p50_ms"]})
+    return rows
 
 
 def print_table(name: str, rows: list[dict]) -> None:
     dense = rows[0]
-    t = Table(title=f"{name}: ranker compression (validation, all users; CPU, 1 thread, 100 candidates per request, "
-                    f"one request and a serving batch of {SERVING_BATCH} per call, all models timed in turns)")
-    for col in ("variant", "params", "nonzero", "size KB", "ndcg@20", "Δ ndcg", "recall@20", "p50 ms", "p99 ms",
-                "Δ p50", f"×{SERVING_BATCH} p50 ms", f"Δ ×{SERVING_BATCH}", "Δ size", "Δ params"):
+    seeds = max(len(r["ndcg_runs"]) for r in rows)
+    t = Table(title=f"{name}: ranker compression (validation, all users, quality the mean of {seeds} fine-tuning "
+                    f"seeds; CPU, 1 thread, 100 candidates per request, TorchScript as served unless 'eager'; one "
+                    f"request and a serving batch of {SERVING_BATCH} per call, all models timed in turns)")
+    for col in ("variant", "params", "nonzero", "size KB", "ndcg@20", "Δ ndcg", "seed range", "recall@20", "p50 ms",
+                "p99 ms", "Δ p50", f"×{SERVING_BATCH} p50 ms", f"Δ ×{SERVING_BATCH}", "eager p50", "Δ eager",
+                "Δ size", "Δ params"):
         t.add_column(col, justify="left" if col == "variant" else "right")
+    base = dense["valid_ndcg@20"]
     for r in rows:
+        spread = f"{min(r['ndcg_runs']) / base - 1:+.1%}..{max(r['ndcg_runs']) / base - 1:+.1%}"
         t.add_row(r["variant"], f"{r['parameters']:,.0f}", f"{r['nonzero_parameters']:,.0f}",
                   f"{r['size_bytes'] / 1024:,.0f}", f"{r['valid_ndcg@20']:.4f}",
-                  f"{r['valid_ndcg@20'] / dense['valid_ndcg@20'] - 1:+.1%}", f"{r['valid_recall@20']:.4f}",
+                  f"{r['valid_ndcg@20'] / base - 1:+.1%}", spread, f"{r['valid_recall@20']:.4f}",
                   f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['p50_ms'] / dense['p50_ms'] - 1:+.0%}",
                   f"{r['batch_p50_ms']:.2f}", f"{r['batch_p50_ms'] / dense['batch_p50_ms'] - 1:+.0%}",
+                  f"{r['eager_p50_ms']:.2f}", f"{r['eager_p50_ms'] / dense['eager_p50_ms'] - 1:+.0%}",
                   f"{r['size_bytes'] / dense['size_bytes'] - 1:+.0%}",
                   f"{r['nonzero_parameters'] / dense['parameters'] - 1:+.0%}")
     console.print(t)
@@ -128,15 +152,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="demo,movielens-100k")
     parser.add_argument("--finetune-epochs", type=int, default=1)
+    parser.add_argument("--seeds", type=int, default=3, help="fine-tuning runs per variant (quality: their mean)")
     args = parser.parse_args()
     init_ray()
     results = {}
     for name in args.datasets.split(","):
-        rows = run_dataset(name, args.finetune_epochs)
+        rows = run_dataset(name, args.finetune_epochs, args.seeds)
         print_table(name, rows)
         plot(name, rows, RESULTS / f"compression_{name}.png")
         results[name] = rows
-    (RESULTS / "compression.json").write_text(json.dumps({"finetune_epochs": args.finetune_epochs,
+    (RESULTS / "compression.json").write_text(json.dumps({"finetune_epochs": args.finetune_epochs, "seeds": args.seeds,
                                                           "results": results}, indent=2))
     console.print(f"wrote {RESULTS / 'compression.json'}")
 

@@ -133,7 +133,7 @@ def baseline_app(cfg: Any, release: Path, handler: str) -> Any:
         query = RecommendQuery(user_id=body.user_id, k=body.k, item_filter=body.filters.to_item_filter(),
                                exclude_purchased=body.exclude_purchased)
         batch = retrieval.candidates([query], [histories.get(body.user_id, EMPTY_HISTORY)],
-                                     int(time.time() * 1000), s.candidates)
+                                     int(time.time() * 1000), s.candidates, s.trending_candidates)
         scores = ranking.score(batch.ranking_payload(retrieval.version)) if ranking is not None else None
         result = retrieval.results(batch, [query], scores)[0]
         return RecommendResponse(user_id=body.user_id, items=result["items"], version=result["version"],

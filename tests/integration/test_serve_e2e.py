@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import urllib.request
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from rayrec.index.release import HISTORIES
+from rayrec.index.release import HISTORIES, TREND
+from rayrec.serve.feature_store import UserHistory
 from rayrec.serve.launch import http_json
+from rayrec.serve.retrieval import RecommendQuery, RetrievalCore
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +34,7 @@ def test_health_ready_and_openapi(served):
 
 
 def test_recommend_ranks_k_items_from_one_release(served):
-    base, _, release = served
+    base, cfg, release = served
     histories, _ = _users_and_items(release)
     user = histories[0]["user_id"]
     status, body = http_json("POST", f"{base}/v1/recommend", {"user_id": user, "k": 7})
@@ -41,6 +44,25 @@ def test_recommend_ranks_k_items_from_one_release(served):
     scores = [it["score"] for it in body["items"]]
     assert scores == sorted(scores, reverse=True)
     assert len({it["item_id"] for it in body["items"]}) == 7
+
+
+def test_candidates_are_faiss_hits_plus_trending_items_faiss_missed(served):
+    _, cfg, release = served
+    histories, _ = _users_and_items(release)
+    core = RetrievalCore(release)
+    h = histories[0]
+    history = UserHistory(item_ids=tuple(h["item_id"]), stages=tuple(h["stage"]), ts_ms=tuple(h["ts_ms"]))
+    query = RecommendQuery(user_id=h["user_id"], k=7, exclude_purchased=False)
+    plain = core.candidates([query], [history], max(h["ts_ms"]), cfg.serve.candidates)
+    both = core.candidates([query], [history], max(h["ts_ms"]), cfg.serve.candidates, n_trending=20)
+    n = cfg.serve.candidates
+    assert both.cand.shape == (1, n + 20) and (both.cand[:, :n] == plain.cand).all()
+    extra = both.cand[0, n:]
+    extra = extra[extra >= 0]
+    trend = np.load(release / TREND)
+    assert len(extra) > 0 and not np.isin(extra, plain.cand).any() and (trend[extra] > 0).all()
+    assert list(extra) == sorted(extra, key=lambda i: -trend[i])  # most-counted first
+    assert np.isfinite(both.retrieval_score[0, n:n + len(extra)]).all()
 
 
 def test_unknown_user_gets_the_cold_start_path(served):

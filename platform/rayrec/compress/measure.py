@@ -15,9 +15,9 @@ import torch
 from torch import nn
 from torch.ao.nn.quantized.dynamic import Linear as QuantizedLinear
 
-from rayrec.models.ranker import Ranker, RankerSpec
+from rayrec.models.ranker import Ranker, RankerSpec, inference_graph
 
-RankerRequest = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+RankerRequest = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def _module_tensors(module: nn.Module) -> list[torch.Tensor]:
@@ -56,8 +56,9 @@ def model_size_bytes(model: nn.Module) -> int:
 def random_request(spec: RankerSpec, n_candidates: int, history_length: int = 20, seed: int = 0,
                    requests: int = 1) -> RankerRequest:
     """``requests`` requests' inputs for ``Ranker.forward`` (1: one request): a unit-norm user vector, a full
-    history of item ids with increasing gaps (seconds), ``n_candidates`` candidate ids and their
-    retrieval cosines. Random but shaped like serving traffic, which is all latency depends on."""
+    history of item ids with increasing gaps (seconds), ``n_candidates`` candidate ids, their
+    retrieval cosines and trend counts. Random but shaped like serving traffic, which is all latency
+    depends on."""
     if spec.n_items < 3:
         raise ValueError("the ranker needs at least one real item id (>= 2) to build a request")
     g = torch.Generator().manual_seed(seed)
@@ -67,23 +68,27 @@ def random_request(spec: RankerSpec, n_candidates: int, history_length: int = 20
     gaps = torch.sort(torch.rand(b, history_length, generator=g) * 30 * 86400, descending=True).values
     cand = torch.randint(2, spec.n_items, (b, n_candidates), generator=g)
     score = torch.rand(b, n_candidates, generator=g) * 2 - 1
-    return user, hist, gaps, cand, score
+    trend = torch.randint(0, 100, (b, n_candidates), generator=g).float()
+    return user, hist, gaps, cand, score, trend
 
 
 def scoring_latency(ranker: Ranker, n_candidates: int = 200, repeats: int = 50, *, threads: int = 1,
-                    warmup: int = 5, history_length: int = 20, seed: int = 0) -> dict[str, float]:
+                    warmup: int = 5, history_length: int = 20, seed: int = 0,
+                    torchscript: bool = True) -> dict[str, float]:
     """p50/p99/mean milliseconds to score one request of ``n_candidates`` on CPU with ``threads`` torch
-    threads (fixed so numbers compare across trials; restored afterwards). Inference mode, eval mode."""
+    threads (fixed so numbers compare across trials; restored afterwards), in the form serving runs
+    (TorchScript unless ``torchscript`` is false). Inference mode, eval mode."""
     return interleaved_latency({"model": ranker}, n_candidates, repeats, threads=threads, warmup=warmup,
-                               history_length=history_length, seed=seed)["model"]
+                               history_length=history_length, seed=seed, torchscript=torchscript)["model"]
 
 
 def interleaved_latency(rankers: Mapping[str, Ranker], n_candidates: int = 200, repeats: int = 50, *,
                         threads: int = 1, warmup: int = 5, history_length: int = 20, seed: int = 0,
-                        requests: int = 1) -> dict[str, dict[str, float]]:
+                        requests: int = 1, torchscript: bool = True) -> dict[str, dict[str, float]]:
     """``scoring_latency`` of several rankers measured in turns (one call each per round), so a busy
     moment on a shared machine slows every model alike instead of whichever ran then; ``requests``
-    requests are scored per call (the ranking deployment merges a batch of requests into one call)."""
+    requests are scored per call (the ranking deployment merges a batch of requests into one call).
+    ``torchscript``: time ``inference_graph`` of each ranker, as the ranking deployment scores by default."""
     for name, ranker in rankers.items():
         device = next(iter(ranker.buffers())).device
         if device.type != "cpu":
@@ -93,15 +98,16 @@ def interleaved_latency(rankers: Mapping[str, Ranker], n_candidates: int = 200, 
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     modes = {name: r.training for name, r in rankers.items()}
+    scorers = {name: inference_graph(r) if torchscript else r for name, r in rankers.items()}
     times: dict[str, list[float]] = {name: [] for name in rankers}
     try:
         with torch.inference_mode():
             for r in rankers.values():
                 r.eval()
             for round_no in range(warmup + repeats):
-                for name, r in rankers.items():
+                for name, scorer in scorers.items():
                     t0 = time.perf_counter()
-                    r(*inputs[name])
+                    scorer(*inputs[name])
                     if round_no >= warmup:
                         times[name].append((time.perf_counter() - t0) * 1e3)
     finally:
@@ -113,5 +119,5 @@ def interleaved_latency(rankers: Mapping[str, Ranker], n_candidates: int = 200, 
         ms = np.asarray(values)
         out[name] = {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
                      "mean_ms": float(ms.mean()), "n_candidates": n_candidates, "threads": threads,
-                     "repeats": repeats, "requests": requests}
+                     "repeats": repeats, "requests": requests, "torchscript": torchscript}
     return out

@@ -57,8 +57,7 @@ def measure_ranker(ctx: ModelContext, retrieval_dir: Path, ranker: Ranker, eval_
     cfg = ctx.cfg
     if quality is None:
         assert ctx.valid is not None, "measuring quality needs the validation split in the context"
-        quality = two_stage_metrics(load_two_tower(ctx, retrieval_dir), ranker, ctx.valid, eval_users, (20, 50),
-                                    cfg.evaluate.exclude_seen, cfg.evaluate.candidates, cfg.ranker.purchase_weight)
+        quality = two_stage_metrics(load_two_tower(ctx, retrieval_dir), ranker, ctx.valid, cfg, eval_users)
     if latency is None:
         latency = scoring_latency(ranker, latency_candidates, repeats=100, threads=1,
                                   history_length=int(ctx.manifest["history_length"]))

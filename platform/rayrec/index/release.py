@@ -9,6 +9,8 @@ training code, and swapping versions is swapping folders::
         two_tower/  ranker/    model bundles (the ranker may be a compressed one)
         items.parquet          item features and display fields (id, title, category, brand, price)
         item_embeddings.npy    float32 [n_items, dim] from the item tower (similar items, filters)
+        item_trend.npy         float32 [n_items] interactions per item in the ranker's trend window
+                               before the end of the log (the ranker's trend input, trending candidates)
         index/                 FAISS index + manifest (measured recall and queries/s)
         search/                lexical (tantivy) + semantic (MiniLM vectors in FAISS) indexes
         user_histories.parquet last events per user: the feature store's starting state
@@ -37,6 +39,7 @@ import pyarrow.parquet as pq
 from rayrec.artifacts import ArtifactError, load_two_tower_model, read_meta
 from rayrec.config import RayrecConfig
 from rayrec.features.items import ItemFeatureTable
+from rayrec.features.trend import ItemTrend
 from rayrec.features.vocab import Vocabulary
 from rayrec.files import file_sha256
 from rayrec.index.ann import build_item_index
@@ -47,6 +50,7 @@ LATEST = "LATEST"
 ITEMS = "items.parquet"
 SEARCH = "search"
 EMBEDDINGS = "item_embeddings.npy"
+TREND = "item_trend.npy"
 HISTORIES = "user_histories.parquet"
 USERS = "users.json"  # only when the user tower reads user ids
 BUNDLE_FILES = ("meta.json", "weights.pt")  # optimizer state stays with training
@@ -153,6 +157,13 @@ def build_release(cfg: RayrecConfig, progress: Callable[[str], None] = lambda _m
         pq.write_table(user_histories(processed, users, id_of, cfg.serve.feature_store.max_history),
                        staging / HISTORIES)
 
+        progress("counting each item's recent interactions")
+        ranker_spec = (ranker_meta or {}).get("spec", {})
+        window_days = float(ranker_spec.get("trend_window_days", cfg.ranker.trend_window_days))
+        trend = ItemTrend.from_parquet(processed / "events")
+        trend_as_of = trend.last_ms + 1  # the counts a request right after the last logged event would see
+        np.save(staging / TREND, trend.as_of(trend_as_of, window_days, n_items))
+
         if retrieval.spec.use_user_id:  # the user tower then needs user_id -> user_idx
             shutil.copy2(processed / "vocab" / "users.json", staging / USERS)
 
@@ -164,7 +175,8 @@ def build_release(cfg: RayrecConfig, progress: Callable[[str], None] = lambda _m
             "history_length": int(retrieval.spec.history_length), "use_user_id": retrieval.spec.use_user_id,
             "has_ranker": ranker_meta is not None,
             "ranker_compression": (ranker_meta or {}).get("compression"),
-            "ranker_source": str(ranker_dir), "index": index.manifest.to_dict(), "search": search, "files": files,
+            "ranker_source": str(ranker_dir), "trend": {"window_days": window_days, "as_of_ms": trend_as_of},
+            "index": index.manifest.to_dict(), "search": search, "files": files,
         }  # fmt: skip
         (staging / RELEASE_JSON).write_text(json.dumps(release, indent=2, default=str))
         final = root / version

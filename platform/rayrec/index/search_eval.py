@@ -25,6 +25,7 @@ from rayrec.artifacts import ArtifactError, load_ranker_model, load_two_tower_mo
 from rayrec.config import RayrecConfig
 from rayrec.features.batches import example_inputs
 from rayrec.features.items import ItemFeatureTable
+from rayrec.features.trend import ItemTrend
 from rayrec.index.release import ITEMS, SEARCH, release_root, resolve_release, verify_release
 from rayrec.index.text_search import ProductSearch, SearchHits, blend_personal, tier_candidates
 from rayrec.metrics import ranking_metrics
@@ -53,17 +54,25 @@ def _padded(lists: list[np.ndarray], k: int) -> np.ndarray:
 
 
 class Personalizer:
-    """The release's user tower + ranker over fused hits, offline (what ``serve/search.py`` does)."""
+    """The release's user tower + ranker over fused hits, offline (what ``serve/search.py`` does).
+    The ranker's trend input counts ``trend``'s interactions before each search (Serve reads the
+    release's counts as of its build, which offline would be counts from the evaluated future)."""
 
-    def __init__(self, release: Path, meta: dict[str, Any], purchase_weight: float) -> None:
+    def __init__(self, release: Path, meta: dict[str, Any], purchase_weight: float, trend: ItemTrend) -> None:
         items = ItemFeatureTable.from_parquet(release / ITEMS, meta["n_items"], meta["title_tokens"])
         fingerprint = meta["vocab_fingerprint"]
         self.retrieval = load_two_tower_model(release / "two_tower", items, fingerprint)
         self.ranker = load_ranker_model(release / "ranker", items, fingerprint) if meta.get("has_ranker") else None
         self.use_user_id = bool(meta.get("use_user_id"))
         self.purchase_weight = purchase_weight
+        self.trend = trend
         with torch.no_grad():
             self.item_vectors = self.retrieval.all_item_embeddings().float()
+
+    @staticmethod
+    def inputs(examples: pa.Table, history_length: int) -> dict[str, np.ndarray]:
+        """What ``candidate_scores`` reads from search example rows (their time included: the trend)."""
+        return example_inputs(examples, history_length, extra=("ts_ms",))
 
     @torch.no_grad()
     def candidate_scores(self, batch: dict[str, np.ndarray], cand: np.ndarray) -> np.ndarray:
@@ -74,8 +83,10 @@ class Personalizer:
         c = torch.as_tensor(cand)
         valid = c >= 0
         retrieval_score = (user_vec.unsqueeze(1) * self.item_vectors[c.clamp(min=0)]).sum(-1)
+        assert self.ranker is not None
+        counts = self.trend.counts(np.maximum(cand, 0), batch["ts_ms"][:, None], self.ranker.spec.trend_window_days)
         logits = self.ranker(user_vec, t["hist_items"], t["hist_gaps_s"], c.clamp(min=0),
-                             retrieval_score.masked_fill(~valid, 0.0))
+                             retrieval_score.masked_fill(~valid, 0.0), torch.as_tensor(counts))
         return Ranker.score(logits, self.purchase_weight).masked_fill(~valid, -torch.inf).numpy()
 
     def orders(self, batch: dict[str, np.ndarray], hits: list[SearchHits], search_cfg: Any) -> list[np.ndarray]:
@@ -99,7 +110,7 @@ def evaluate_search(engine: ProductSearch, personal: Personalizer | None, exampl
         for s in SYSTEMS[:3]:
             ranked[s].extend(_ranked(h, s)[:kmax] for h in hits)
         if personal is not None:
-            orders = personal.orders(example_inputs(part, history_length), hits, engine.cfg)
+            orders = personal.orders(personal.inputs(part, history_length), hits, engine.cfg)
             ranked[SYSTEMS[3]].extend(h.items[o][:kmax] for h, o in zip(hits, orders))
     truth = target_matrix(examples.column("item_idx").to_numpy(), n_items)
     rows = [{"system": s, **ranking_metrics(_padded(lists, kmax), truth, ks=SEARCH_KS)}
@@ -124,7 +135,8 @@ def load_search_systems(cfg: RayrecConfig) -> tuple[dict[str, Any], ProductSearc
     engine = ProductSearch.load(release / SEARCH, cfg.search, meta["n_items"], meta["vocab_fingerprint"])
     personal = None
     if cfg.search.personalize and meta.get("has_ranker"):
-        personal = Personalizer(release, meta, cfg.ranker.purchase_weight)
+        personal = Personalizer(release, meta, cfg.ranker.purchase_weight,
+                                ItemTrend.from_parquet(Path(cfg.preprocess.out_dir) / "events"))
     return meta, engine, personal
 
 

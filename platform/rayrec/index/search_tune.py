@@ -21,7 +21,6 @@ import scipy.sparse as sp
 
 from rayrec.artifacts import ArtifactError
 from rayrec.config import RayrecConfig, SearchConfig, write_config
-from rayrec.features.batches import example_inputs
 from rayrec.index.search_eval import BATCH, _padded, load_search_systems, search_events, target_matrix
 from rayrec.index.text_search import blend_personal, fuse, relevance_tier
 from rayrec.metrics import ranking_metrics
@@ -69,7 +68,7 @@ def collect_candidates(cfg: RayrecConfig, split: str) -> tuple[list[QueryCandida
         queries = [str(q) for q in part.column("query").to_pylist()]
         lexical, semantic = engine.candidate_lists(queries, [None] * len(queries))
         union = [np.unique(np.concatenate([a, b])) for a, b in zip(lexical, semantic)]
-        batch = example_inputs(part, int(meta["history_length"]))
+        batch = personal.inputs(part, int(meta["history_length"]))
         scores = personal.candidate_scores(batch, _padded(union, max((len(u) for u in union), default=1) or 1))
         has_history = (batch["hist_items"] > 0).any(axis=1)
         for i, target in enumerate(part.column("item_idx").to_pylist()):

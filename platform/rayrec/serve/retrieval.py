@@ -27,9 +27,10 @@ from ray.exceptions import RayError
 from rayrec.artifacts import load_two_tower_model
 from rayrec.config import ServeConfig
 from rayrec.features.batches import dense_history_inputs
+from rayrec.features.trend import append_trending, trending_order
 from rayrec.features.vocab import UNK_ID, Vocabulary
 from rayrec.index.ann import ItemIndex
-from rayrec.index.release import EMBEDDINGS, HISTORIES, ITEMS, verify_release
+from rayrec.index.release import EMBEDDINGS, HISTORIES, ITEMS, TREND, verify_release
 from rayrec.serve.catalog import PURCHASE_STAGE, ItemFilter, ServingCatalog
 from rayrec.serve.feature_store import UserHistory
 
@@ -78,6 +79,7 @@ class RetrievalCore:
         self.embeddings = np.load(release_dir / EMBEDDINGS).astype(np.float32)
         self.index = ItemIndex.load(release_dir / "index", dim=int(self.release["dim"]),
                                     n_items=int(self.release["n_items"]), vocab_fingerprint=fingerprint)
+        self.trending = trending_order(np.load(release_dir / TREND), self.catalog.recommendable)
 
     def history_arrays(self, histories: Sequence[UserHistory], now_ms: int) -> dict[str, np.ndarray]:
         """Model inputs from stored histories: items this release does not know are left out, the
@@ -125,12 +127,20 @@ class RetrievalCore:
                               cold_start=~(h["hist_items"] > 0).any(axis=1))
 
     def candidates(self, queries: Sequence[RecommendQuery], histories: Sequence[UserHistory], now_ms: int,
-                   n_candidates: int) -> CandidateBatch:
+                   n_candidates: int, n_trending: int = 0) -> CandidateBatch:
+        """FAISS's top ``n_candidates`` (at least each query's k) plus the ``n_trending`` most
+        interacted-with items of the release's trend window that the query allows and FAISS missed."""
         user_vec, h = self.user_vectors([q.user_id for q in queries], histories, now_ms)
         allowed = [self.catalog.allowed(q.item_filter, self._purchased(h["hist_items"][i], h["hist_types"][i])
                                         if q.exclude_purchased else None) for i, q in enumerate(queries)]
         c = max(n_candidates, max(q.k for q in queries))
         _, cand = self.index.search(user_vec, c, allowed if any(a is not None for a in allowed) else None)
+        if n_trending:
+            def permitted(row: int, ids: np.ndarray) -> np.ndarray:
+                mask = allowed[row]
+                return np.ones(len(ids), dtype=bool) if mask is None else mask[ids]
+
+            cand = append_trending(cand, self.trending, n_trending, permitted)
         return self.candidate_batch(user_vec, h, cand)
 
     @staticmethod
@@ -225,7 +235,7 @@ class RetrievalStage:
         self.metrics.batch_size.observe(len(queries))
         histories = await self.store.histories([q.user_id for q in queries])
         t = self.metrics.stage("feature_store", t)
-        batch = self.core.candidates(queries, histories, _now_ms(), self.cfg.candidates)
+        batch = self.core.candidates(queries, histories, _now_ms(), self.cfg.candidates, self.cfg.trending_candidates)
         t = self.metrics.stage("retrieval", t)
         rank_score = await self.rank(batch) if self.ranking is not None and self.cfg.use_ranker else None
         self.metrics.stage("ranking", t)

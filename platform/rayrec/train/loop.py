@@ -25,6 +25,7 @@ from torch import nn
 from rayrec.artifacts import load_bundle, load_optimizer_state, load_two_tower_model, read_meta, save_bundle
 from rayrec.config import RayrecConfig
 from rayrec.features.items import ItemFeatureTable
+from rayrec.features.trend import ItemTrend
 from rayrec.models.losses import distillation_bce, in_batch_softmax_loss, multi_task_bce
 from rayrec.models.ranker import Ranker, RankerSpec
 from rayrec.models.two_tower import TwoTowerModel, TwoTowerSpec
@@ -60,6 +61,7 @@ class ModelContext:
     manifest: dict[str, Any]
     items: ItemFeatureTable
     valid: EvalSplit | None
+    trend: ItemTrend | None = None  # the training interactions, for the ranker's per-example trend counts
 
     @property
     def vocab_fingerprint(self) -> str:
@@ -87,7 +89,8 @@ def ranker_spec(ctx: ModelContext) -> RankerSpec:
     v, r = ctx.manifest["vocab_sizes"], ctx.cfg.ranker
     return RankerSpec(n_items=v["items"], n_categories=v["categories"], n_brands=v["brands"],
                       n_price_buckets=len(ctx.manifest["price_bucket_edges"]) + 2, user_dim=ctx.cfg.model.dim,
-                      dim=r.dim, cross_layers=r.cross_layers, cross_rank=r.cross_rank, deep_layers=list(r.deep_layers))
+                      dim=r.dim, cross_layers=r.cross_layers, cross_rank=r.cross_rank, deep_layers=list(r.deep_layers),
+                      trend_window_days=r.trend_window_days)
 
 
 def _log_q(items: ItemFeatureTable) -> torch.Tensor:
@@ -250,13 +253,14 @@ def train_ranker(ctx: ModelContext, io: LoopIO, retrieval_dir: Path, begin: Rank
                                                 batch["user_idx"])
                 cand, labels = _with_hard_negatives(batch, user, item_vecs, r.hard_negatives, r.hard_negative_pool)
                 score = (user.unsqueeze(1) * item_vecs[cand]).sum(-1)
+                trend = _trend_counts(ctx, model.spec, cand, batch["ts_ms"], r.trend_staleness_days)
             with io.precision():
-                logits = wrapped(user, batch["hist_items"], batch["hist_gaps_s"], cand, score)
+                logits = wrapped(user, batch["hist_items"], batch["hist_gaps_s"], cand, score, trend)
             real = (cand > 0).reshape(-1, 1).float()  # masked hard-negative slots carry no loss
             flat, targets = logits.float().reshape(-1, 2), labels.reshape(-1, 2)
             if begin and begin.teacher is not None and begin.distill > 0:
                 with torch.no_grad():
-                    teacher = begin.teacher(user, batch["hist_items"], batch["hist_gaps_s"], cand, score)
+                    teacher = begin.teacher(user, batch["hist_items"], batch["hist_gaps_s"], cand, score, trend)
                 loss = distillation_bce(flat, targets, teacher.reshape(-1, 2), begin.distill, real)
             else:
                 loss = multi_task_bce(flat, targets, real)
@@ -270,9 +274,22 @@ def train_ranker(ctx: ModelContext, io: LoopIO, retrieval_dir: Path, begin: Rank
         metrics = {"epoch": float(epoch), "loss": float(np.mean(losses)) if losses else float("nan"),
                    "samples_per_s": seen / max(time.perf_counter() - t0, 1e-9)}
         if io.rank == 0 and ctx.valid is not None:
-            metrics.update(two_stage_metrics(retrieval, model, ctx.valid, cfg.train.eval_users, (20, 50),
-                                             cfg.evaluate.exclude_seen, cfg.evaluate.candidates, r.purchase_weight))
+            metrics.update(two_stage_metrics(retrieval, model, ctx.valid, cfg, cfg.train.eval_users))
         _end_epoch(io, model, optimizer, meta, history, metrics)
+
+
+def _trend_counts(ctx: ModelContext, spec: RankerSpec, cand: torch.Tensor, ts_ms: torch.Tensor,
+                  staleness_days: float) -> torch.Tensor:
+    """Each candidate's interactions in the trend window before its example's own time, or before a
+    random moment up to ``staleness_days`` earlier."""
+    if ctx.trend is None:
+        raise ValueError("training the ranker needs ModelContext.trend (the training interactions)")
+    at = ts_ms.cpu().numpy()
+    if staleness_days > 0:
+        lag = torch.rand(len(at)).numpy() * staleness_days * 86_400_000
+        at = at - lag.astype(np.int64)
+    counts = ctx.trend.counts(cand.cpu().numpy(), at[:, None], spec.trend_window_days)
+    return torch.from_numpy(counts).to(cand.device)
 
 
 def _with_hard_negatives(batch: Batch, user: torch.Tensor, item_vecs: torch.Tensor, n_hard: int,

@@ -18,7 +18,7 @@ from rayrec.models.ranker import Ranker
 from rayrec.train.baselines import ImplicitALS, ImplicitBPR, ItemKNN, MostPopular, RecentlyPopular
 from rayrec.train.evaluate import Recommender, evaluate, load_eval_split, write_report
 from rayrec.train.loop import ModelContext, load_two_tower
-from rayrec.train.systems import TwoStageRecommender, TwoTowerRecommender
+from rayrec.train.systems import TwoTowerRecommender, two_stage_system
 
 # Keys are the config's ``Baseline`` names, so an unknown one fails at config load.
 BASELINES: dict[str, type] = {
@@ -38,8 +38,7 @@ def trained_systems(ctx: ModelContext, models_dir: Path) -> list[Recommender]:
         retrieval = load_two_tower(ctx, retrieval_dir)
         systems.append(TwoTowerRecommender(retrieval))
         if ranker_dir.exists():
-            systems.append(TwoStageRecommender(retrieval, load_ranker(ctx, ranker_dir), ctx.cfg.evaluate.candidates,
-                                               ctx.cfg.ranker.purchase_weight))
+            systems.append(two_stage_system(retrieval, load_ranker(ctx, ranker_dir), ctx.cfg))
     return systems
 
 

@@ -11,7 +11,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from rayrec.config import RayrecConfig
 from rayrec.features.batches import dense_history_inputs
+from rayrec.features.trend import ItemTrend, append_trending, trending_order
 from rayrec.metrics import ranking_metrics
 from rayrec.models.ranker import Ranker
 from rayrec.models.two_tower import TwoTowerModel
@@ -54,12 +56,13 @@ class TwoTowerRecommender:
 
 
 class TwoStageRecommender:
-    """Retrieval top-N candidates re-ordered by the ranker; the rest of the list keeps retrieval order."""
+    """Retrieval top-N candidates, plus the ``trending`` items with the most interactions in the
+    ranker's trend window, re-ordered by the ranker; past them the list keeps retrieval order."""
 
     def __init__(self, retrieval: TwoTowerModel, ranker: Ranker, candidates: int, purchase_weight: float,
-                 name: str = "two_tower+ranker") -> None:
+                 name: str = "two_tower+ranker", trending: int = 0) -> None:
         self.retrieval, self.ranker, self.name = TwoTowerRecommender(retrieval), ranker, name
-        self.candidates, self.purchase_weight = candidates, purchase_weight
+        self.candidates, self.purchase_weight, self.trending = candidates, purchase_weight, trending
 
     def fit(self, split: EvalSplit) -> None:
         pass
@@ -68,22 +71,58 @@ class TwoStageRecommender:
     def recommend(self, split: EvalSplit, k: int, exclude_seen: bool) -> np.ndarray:
         self.ranker.eval()
         users, items, scores = self.retrieval.scores(split)
+        trend = split_trend_counts(split, self.ranker.spec.trend_window_days)
         n = max(k, self.candidates)
         top = topk_excluding(scores, split.seen, n, exclude_seen)
-        out = top.copy()
         c = min(self.candidates, n)
+        cand_all = top[:, :c]
+        if self.trending:
+            seen = split.seen
+
+            def unseen(row: int, ids: np.ndarray) -> np.ndarray:
+                return ~np.isin(ids, seen.indices[seen.indptr[row]:seen.indptr[row + 1]]) if exclude_seen else (
+                    np.ones(len(ids), dtype=bool))
+
+            cand_all = append_trending(cand_all, trending_order(trend), self.trending, unseen)
+        ranked = np.empty_like(cand_all)
         for lo in range(0, len(top), 512):
             rows = slice(lo, lo + 512)
-            cand = torch.as_tensor(top[rows, :c])
+            cand = torch.as_tensor(cand_all[rows])
             valid = cand >= 0
             cand_ids = cand.clamp(min=0)
             h = _history_tensors(split, rows)
             retrieval_score = (users[rows].unsqueeze(1) * items[cand_ids]).sum(-1)
-            logits = self.ranker(users[rows], h["hist_items"], h["hist_gaps_s"], cand_ids, retrieval_score)
+            logits = self.ranker(users[rows], h["hist_items"], h["hist_gaps_s"], cand_ids, retrieval_score,
+                                 torch.as_tensor(trend)[cand_ids])
             rank_score = Ranker.score(logits, self.purchase_weight).masked_fill(~valid, -torch.inf)
             order = rank_score.argsort(dim=1, descending=True, stable=True)
-            out[rows, :c] = torch.gather(cand, 1, order).numpy()
-        return out[:, :k]
+            ranked[rows] = torch.gather(cand, 1, order).numpy()
+        rest = _drop_present(top[:, c:], ranked)
+        return _left_pack(np.concatenate([ranked, rest], axis=1))[:, :k]
+
+
+def split_trend_counts(split: EvalSplit, window_days: float) -> np.ndarray:
+    """Every item's interactions in the ``window_days`` before the split's cutoff."""
+    return ItemTrend.from_events(split.prior.item_idx, split.prior.ts_ms).as_of(split.cutoff_ms, window_days,
+                                                                                split.n_items)
+
+
+def _drop_present(extra: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """``extra`` with every id already in the same row of ``present`` replaced by -1."""
+    if extra.shape[1] == 0:
+        return extra
+    dup = np.zeros(extra.shape, dtype=bool)
+    for lo in range(0, len(extra), 512):
+        rows = slice(lo, lo + 512)
+        dup[rows] = (extra[rows, :, None] == present[rows, None, :]).any(-1)
+    return np.where(dup | (extra < 0), -1, extra)
+
+
+def _left_pack(rows: np.ndarray) -> np.ndarray:
+    """Each row's ids (>= 0) moved left in order, -1 padding after them."""
+    keep = rows >= 0
+    order = np.argsort(~keep, axis=1, kind="stable")
+    return np.where(np.take_along_axis(keep, order, axis=1), np.take_along_axis(rows, order, axis=1), -1)
 
 
 def retrieval_metrics(model: TwoTowerModel, split: EvalSplit, max_users: int, ks: Sequence[int],
@@ -92,12 +131,17 @@ def retrieval_metrics(model: TwoTowerModel, split: EvalSplit, max_users: int, ks
     return validation_metrics(TwoTowerRecommender(model), [model], split, max_users, ks, exclude_seen)
 
 
-def two_stage_metrics(retrieval: TwoTowerModel, ranker: Ranker, split: EvalSplit, max_users: int,
-                      ks: Sequence[int], exclude_seen: bool, candidates: int,
-                      purchase_weight: float) -> dict[str, float]:
+def two_stage_system(retrieval: TwoTowerModel, ranker: Ranker, cfg: RayrecConfig) -> TwoStageRecommender:
+    """Retrieval followed by ``ranker`` with the candidate counts and purchase weight of ``cfg``."""
+    return TwoStageRecommender(retrieval, ranker, cfg.evaluate.candidates, cfg.ranker.purchase_weight,
+                               trending=cfg.evaluate.trending_candidates)
+
+
+def two_stage_metrics(retrieval: TwoTowerModel, ranker: Ranker, split: EvalSplit, cfg: RayrecConfig,
+                      max_users: int, ks: Sequence[int] = (20, 50)) -> dict[str, float]:
     """Validation Recall@K / NDCG@K of retrieval followed by ``ranker``."""
-    system = TwoStageRecommender(retrieval, ranker, candidates, purchase_weight)
-    return validation_metrics(system, [retrieval, ranker], split, max_users, ks, exclude_seen)
+    system = two_stage_system(retrieval, ranker, cfg)
+    return validation_metrics(system, [retrieval, ranker], split, max_users, ks, cfg.evaluate.exclude_seen)
 
 
 def validation_metrics(system: TwoTowerRecommender | TwoStageRecommender, models: Sequence[torch.nn.Module],

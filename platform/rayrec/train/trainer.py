@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +23,14 @@ import pyarrow as pa
 from rayrec.config import ConfigError, RayrecConfig
 from rayrec.features.batches import example_inputs
 from rayrec.features.items import ItemFeatureTable
+from rayrec.features.trend import ItemTrend
 from rayrec.runtime import set_threads
 from rayrec.train.evaluate import load_eval_split
 from rayrec.train.loop import METRICS_CSV, LoopIO, ModelContext, read_history, train_ranker, train_retrieval
 from rayrec.train.plots import plot_training_curves
 
 RANKING_LABELS = ("label_click", "label_purchase")
+RANKING_EXTRA = (*RANKING_LABELS, "ts_ms")  # the example's time: the trend feature counts before it
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,8 @@ def load_context(cfg: RayrecConfig, with_valid: bool = True) -> ModelContext:
                                           cfg.preprocess.title_tokens)
     valid = (load_eval_split(processed, "valid", manifest["history_length"], cfg.evaluate.min_stage)
              if with_valid else None)
-    return ModelContext(cfg=cfg, manifest=manifest, items=items, valid=valid)
+    return ModelContext(cfg=cfg, manifest=manifest, items=items, valid=valid,
+                        trend=ItemTrend.from_parquet(processed / "events", last_split=0))
 
 
 def _mask_own_item(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -74,7 +77,7 @@ def _ranking_rows(table: pa.Table, length: int, viewed_negatives: bool) -> dict[
     mask = table.column("split").to_numpy() == 0
     if not viewed_negatives:
         mask &= table.column("negative").to_numpy(zero_copy_only=False) != "viewed"
-    rows = example_inputs(table.filter(pa.array(mask)), length, extra=RANKING_LABELS)
+    rows = example_inputs(table.filter(pa.array(mask)), length, extra=RANKING_EXTRA)
     return _mask_own_item(rows)
 
 
@@ -89,7 +92,7 @@ def training_dataset(cfg: RayrecConfig, kind: str, history_length: int) -> Any:
         return ds.map_batches(_retrieval_rows, batch_format="pyarrow",
                               fn_kwargs={"length": history_length, "min_stage": cfg.model.train_min_stage})
     ds = ray.data.read_parquet(str(processed / "ranking"), columns=[
-        "item_idx", "user_idx", "split", "negative", "hist_items", "hist_types", "hist_gaps_s", *RANKING_LABELS])
+        "item_idx", "user_idx", "split", "negative", "hist_items", "hist_types", "hist_gaps_s", *RANKING_EXTRA])
     return ds.map_batches(_ranking_rows, batch_format="pyarrow",
                           fn_kwargs={"length": history_length, "viewed_negatives": cfg.ranker.viewed_negatives})
 
@@ -134,7 +137,7 @@ def _worker(config: dict[str, Any]) -> None:
 
 
 def _without_valid(ctx: ModelContext) -> ModelContext:
-    return ModelContext(cfg=ctx.cfg, manifest=ctx.manifest, items=ctx.items, valid=None)
+    return replace(ctx, valid=None)
 
 
 def _train_data(cfg: RayrecConfig, kind: str, history_length: int) -> Any:

@@ -22,7 +22,7 @@ def ranker(items) -> Ranker:  # noqa: F811
 
 
 def batch_inputs(batch: int = 6, candidates: int = 7, history: int = 5, seed: int = 1):
-    """Random (user, history, gaps, candidates, retrieval scores) for Ranker.forward."""
+    """Random (user, history, gaps, candidates, retrieval scores, trend counts) for Ranker.forward."""
     g = torch.Generator().manual_seed(seed)
     hist = torch.randint(2, N_ITEMS, (batch, history), generator=g)
     hist[0, :2] = 0  # a partial history
@@ -30,4 +30,5 @@ def batch_inputs(batch: int = 6, candidates: int = 7, history: int = 5, seed: in
     cand = torch.randint(2, N_ITEMS, (batch, candidates), generator=g)
     cand[1, :2] = hist[1, -2:]  # some candidates the user touched
     return (torch.randn(batch, SPEC.user_dim, generator=g), hist, gaps, cand,
-            torch.rand(batch, candidates, generator=g) * 2 - 1)
+            torch.rand(batch, candidates, generator=g) * 2 - 1,
+            torch.randint(0, 60, (batch, candidates), generator=g).float())

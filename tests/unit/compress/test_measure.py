@@ -42,10 +42,11 @@ def test_size_drops_with_int8_and_with_shrinking_but_not_with_zeros(items):
 
 
 def test_random_request_has_the_shapes_ranker_forward_expects(ranker):
-    user, hist, gaps, cand, score = random_request(SPEC, n_candidates=40, history_length=7)
+    user, hist, gaps, cand, score, trend = random_request(SPEC, n_candidates=40, history_length=7)
     assert user.shape == (1, SPEC.user_dim) and hist.shape == gaps.shape == (1, 7)
-    assert cand.shape == score.shape == (1, 40) and int(cand.min()) >= 2 and int(cand.max()) < SPEC.n_items
-    assert ranker(user, hist, gaps, cand, score).shape == (1, 40, 2)
+    assert cand.shape == score.shape == trend.shape == (1, 40)
+    assert int(cand.min()) >= 2 and int(cand.max()) < SPEC.n_items
+    assert ranker(user, hist, gaps, cand, score, trend).shape == (1, 40, 2)
 
 
 def test_scoring_latency_reports_percentiles_and_restores_threads(ranker):
@@ -60,7 +61,13 @@ def test_interleaved_latency_times_every_model_in_turns_and_restores_modes(ranke
     calls: list[str] = []
     for name, model in (("dense", ranker), ("small", small)):
         model.register_forward_hook(lambda *_, n=name: calls.append(n))
-    result = interleaved_latency({"dense": ranker, "small": small}, n_candidates=30, repeats=6, warmup=2)
+    result = interleaved_latency({"dense": ranker, "small": small}, n_candidates=30, repeats=6, warmup=2,
+                                 torchscript=False)  # hooks see eager calls only
     assert set(result) == {"dense", "small"} and all(r["repeats"] == 6 and r["p50_ms"] > 0 for r in result.values())
     assert calls == ["dense", "small"] * 8  # one call each per round, warm-up included
     assert small.training and not ranker.training  # modes restored
+
+
+def test_latency_is_timed_in_the_torchscript_form_serving_runs(ranker):
+    result = scoring_latency(ranker, n_candidates=20, repeats=3, warmup=1)
+    assert result["torchscript"] and result["p50_ms"] > 0

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from rayrec.compress.quantize import is_quantized, item_embeddings_fp16, quantize_int8
-from rayrec.models.ranker import Ranker
+from rayrec.models.ranker import Ranker, inference_graph
 from rayrec.models.two_tower import TwoTowerModel
 from tests.unit.compress.conftest import SPEC, TT_SPEC, batch_inputs
 from tests.unit.models.conftest import N_ITEMS
@@ -51,3 +51,12 @@ def test_item_embeddings_export_as_float16_close_to_float32(items):
     reference = model.eval().all_item_embeddings().numpy()
     assert np.abs(exported.astype(np.float32) - reference).max() < 1e-3  # eval mode: no id dropout
     assert np.allclose(np.linalg.norm(exported.astype(np.float32), axis=1), 1.0, atol=2e-3)
+
+
+def test_torchscript_form_scores_like_the_eager_ranker_dense_and_int8(ranker):
+    for model in (ranker, quantize_int8(ranker)):
+        graph = inference_graph(model)
+        for batch, candidates, history in ((2, 7, 5), (9, 40, 5), (3, 2, 11)):  # shapes unlike the trace's
+            x = batch_inputs(batch=batch, candidates=candidates, history=history, seed=batch)
+            with torch.no_grad():
+                assert torch.equal(graph(*x), model(*x))

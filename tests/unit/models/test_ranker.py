@@ -15,7 +15,7 @@ def test_scores_every_candidate_with_two_heads(items):
     hist = torch.tensor([[0, 0, 3, 4], [5, 6, 7, 8]])
     gaps = torch.tensor([[0, 0, 60.0, 5.0], [9, 8, 7, 6.0]])
     cand = torch.tensor([[3, 9, 10], [2, 5, 6]])
-    logits = model(torch.randn(2, 16), hist, gaps, cand, torch.rand(2, 3))
+    logits = model(torch.randn(2, 16), hist, gaps, cand, torch.rand(2, 3), torch.tensor([[0.0, 3, 50], [1, 0, 0]]))
     assert logits.shape == (2, 3, 2) and torch.isfinite(logits).all()
     assert Ranker.score(logits, 0.5).shape == (2, 3)
 
@@ -25,7 +25,7 @@ def test_affinities_count_what_the_history_says(items):
     hist = torch.tensor([[0, 3, 3, 4]])
     gaps = torch.tensor([[0, 100.0, 10.0, 1.0]])
     feats = model.affinities(hist, gaps, torch.tensor([[3, 25]]))
-    assert feats.shape == (1, 2, N_DENSE - 1)
+    assert feats.shape == (1, 2, N_DENSE - 2)
     same_item, recency = feats[0, :, 1], feats[0, :, 2]
     assert torch.isclose(same_item[0], torch.tensor(2 / 3))  # item 3 twice in 3 real history slots
     assert same_item[1] == 0 and recency[0] < recency[1]  # touched 10 s ago vs never
@@ -43,10 +43,32 @@ def test_ranker_learns_a_separable_signal(items):
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     first = None
     for _ in range(80):
-        loss = multi_task_bce(model(user, hist, torch.ones(128, 4), cand, torch.zeros(128, 1)).reshape(-1, 2),
-                              labels.reshape(-1, 2))
+        logits = model(user, hist, torch.ones(128, 4), cand, torch.zeros(128, 1), torch.zeros(128, 1))
+        loss = multi_task_bce(logits.reshape(-1, 2), labels.reshape(-1, 2))
         first = first if first is not None else loss.item()
         opt.zero_grad()
         loss.backward()
         opt.step()
     assert loss.item() < 0.3 * first
+
+
+def test_ranker_learns_from_the_trend_counts_alone(items):
+    """Same user, history and candidates; only the trend input tells the clicked items apart."""
+    torch.manual_seed(0)
+    model = Ranker(SPEC, items)
+    cand = torch.randint(2, N_ITEMS, (256, 1))
+    clicked = torch.rand(256) < 0.5
+    trend = torch.where(clicked, 40.0, 1.0).unsqueeze(1)
+    labels = torch.zeros(256, 1, 2)
+    labels[clicked, 0, 0] = 1
+    user, hist, gaps = torch.zeros(256, 16), torch.zeros(256, 4, dtype=torch.long), torch.zeros(256, 4)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(60):
+        loss = multi_task_bce(model(user, hist, gaps, cand, torch.zeros(256, 1), trend).reshape(-1, 2),
+                              labels.reshape(-1, 2))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        p = torch.sigmoid(model(user, hist, gaps, cand, torch.zeros(256, 1), trend))[:, 0, 0]
+    assert p[clicked].min() > p[~clicked].max()

@@ -1,0 +1,97 @@
+"""Item trend: how many interactions an item got in the window before a moment ("selling this week").
+
+The ranker's popularity feature counts the whole training period; a shop's demand moves faster
+than that (seasons, promotions, the Christmas run-up), and on the real logs the strongest simple
+baseline is "most interactions in the last 7 days". This module owns that count so training,
+offline evaluation and serving read it the same way:
+
+- training asks for the count of each candidate in the window strictly before each example's
+  own timestamp (``ItemTrend.counts``), so the ranker never sees the future;
+- evaluation and serving use one vector per item as of one moment (``ItemTrend.as_of``: the
+  split's cutoff, or the end of the log a release was built from).
+
+The ranker puts counts on the log scale of its popularity feature itself. The most-counted items
+are also a second candidate source beside retrieval (``append_trending``): the ranker can only
+promote what it is shown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset as pads
+
+DAY_MS = 86_400_000
+_TS_BITS = 42  # ms timestamps below 2^42 (year 2109) leave 21 bits for item ids in one int64 key
+
+
+@dataclass(frozen=True)
+class ItemTrend:
+    """Interactions as sorted ``(item << 42) + ts_ms`` keys: a window count is two searchsorteds.
+    The window belongs to the model that reads the counts (``RankerSpec.trend_window_days``)."""
+
+    keys: np.ndarray  # int64, ascending
+
+    @classmethod
+    def from_events(cls, item_idx: np.ndarray, ts_ms: np.ndarray) -> ItemTrend:
+        ts = np.asarray(ts_ms, dtype=np.int64)
+        if len(ts) and (ts.min() < 0 or ts.max() >= 1 << _TS_BITS):
+            raise ValueError("ItemTrend: event timestamps must be epoch milliseconds between 1970 and 2109")
+        keys = (np.asarray(item_idx, dtype=np.int64) << _TS_BITS) + ts
+        return cls(keys=np.sort(keys))
+
+    @classmethod
+    def from_parquet(cls, events: Path, last_split: int | None = None) -> ItemTrend:
+        """From preprocessing's ``events`` folder, optionally only splits up to ``last_split`` (0 = train)."""
+        where = None if last_split is None else pads.field("split") <= last_split
+        table = pads.dataset(events, format="parquet").to_table(columns=["item_idx", "ts_ms"], filter=where)
+        return cls.from_events(table.column("item_idx").to_numpy(), table.column("ts_ms").to_numpy())
+
+    @property
+    def last_ms(self) -> int:
+        """The latest interaction time (0 without any)."""
+        return int((self.keys & ((1 << _TS_BITS) - 1)).max(initial=0))
+
+    def counts(self, items: np.ndarray, at_ms: np.ndarray, window_days: float) -> np.ndarray:
+        """Interactions with ``items`` in ``[at - window, at)``; ``at_ms`` broadcasts against ``items``
+        (e.g. items ``[B, C]`` and times ``[B, 1]``)."""
+        window_ms = int(round(window_days * DAY_MS))
+        items = np.asarray(items, dtype=np.int64)
+        at = np.broadcast_to(np.asarray(at_ms, dtype=np.int64), items.shape)
+        base = items << _TS_BITS
+        hi = np.searchsorted(self.keys, base + at, side="left")
+        lo = np.searchsorted(self.keys, base + np.maximum(at - window_ms, 0), side="left")
+        return (hi - lo).astype(np.float32)
+
+    def as_of(self, at_ms: int, window_days: float, n_items: int) -> np.ndarray:
+        """float32 ``[n_items]``: every item's count in the window before ``at_ms``."""
+        return self.counts(np.arange(n_items), np.int64(at_ms), window_days)
+
+
+
+def trending_order(counts: np.ndarray, eligible: np.ndarray | None = None) -> np.ndarray:
+    """Item ids with a positive count, most counted first (ties: lower id first), optionally only
+    ``eligible`` ones (a bool mask)."""
+    ok = counts > 0 if eligible is None else (counts > 0) & eligible
+    ids = np.flatnonzero(ok)
+    return ids[np.argsort(-counts[ids], kind="stable")]
+
+
+def append_trending(cand: np.ndarray, trending: np.ndarray, n: int,
+                    allowed: Callable[[int, np.ndarray], np.ndarray]) -> np.ndarray:
+    """``cand`` [B, C] (-1 pads) with ``n`` more columns: per row the first ``trending`` ids that
+    ``allowed(row, ids)`` (a bool mask over ``ids``) lets the row have and it does not hold yet."""
+    out = np.full((len(cand), n), -1, dtype=np.int64)
+    if n == 0 or len(trending) == 0:
+        return np.concatenate([cand, out], axis=1)
+    head = trending[: 4 * (n + cand.shape[1])]  # usually enough; the full list only when filters bite
+    for row in range(len(cand)):
+        for pool in (head, trending):
+            picks = pool[allowed(row, pool) & ~np.isin(pool, cand[row])][:n]
+            if len(picks) == n or pool is trending:
+                break
+        out[row, :len(picks)] = picks
+    return np.concatenate([cand, out], axis=1)
