@@ -78,8 +78,20 @@ def load_two_tower_model(directory: Path, items: "ItemFeatureTable", vocab_finge
 
     state, meta = load_bundle(Path(directory), "two_tower", vocab_fingerprint)
     model = TwoTowerModel(TwoTowerSpec(**meta["spec"]), items)
-    model.load_state_dict(state)
+    _load_weights(model, state, Path(directory))
     return model.eval()
+
+
+def _load_weights(model: nn.Module, state: dict[str, torch.Tensor], directory: Path) -> None:
+    """``load_state_dict``, with an error that says what to do when the bundle's tensors do not fit
+    the model this version builds from its spec (a bundle saved before the model's inputs changed)."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).split("\n\t")[1] if "\n\t" in str(e) else str(e)
+        raise ArtifactError(f"{directory}: its weights do not fit the {type(model).__name__} this rayrec builds "
+                            f"from its spec ({first.strip()}); it was saved by an older version: retrain it "
+                            "(`rayrec train`) and rebuild the release") from None
 
 
 def load_ranker_model(directory: Path, items: "ItemFeatureTable", vocab_fingerprint: str | None) -> "Ranker":
@@ -91,7 +103,7 @@ def load_ranker_model(directory: Path, items: "ItemFeatureTable", vocab_fingerpr
 
     state, meta = load_bundle(Path(directory), "ranker", vocab_fingerprint)
     model = Ranker(RankerSpec(**meta["spec"]), items)
-    model.load_state_dict(state)
+    _load_weights(model, state, Path(directory))
     model.eval()
     quantization = (meta.get("compression") or {}).get("quantization")
     if quantization is None:

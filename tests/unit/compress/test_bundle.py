@@ -66,3 +66,15 @@ def test_quantized_or_masked_models_and_unknown_quantizations_are_refused(ranker
     GradualMagnitudePruner(ranker_prune_targets(ranker), final_sparsity=0.1, total_steps=1)
     with pytest.raises(ValueError, match="make_permanent"):
         save_compressed_ranker(tmp_path, ranker, BASE_META, compression_meta())
+
+
+def test_a_bundle_whose_weights_no_longer_fit_the_model_is_refused_with_the_fix(ranker, items, tmp_path):
+    from rayrec.artifacts import load_ranker_model, save_bundle
+
+    state = ranker.state_dict()
+    state["norm.weight"] = state["norm.weight"][:-1]  # as saved by a ranker with one input fewer
+    holder = torch.nn.Module()
+    holder.state_dict = lambda: state  # type: ignore[method-assign]
+    save_bundle(tmp_path, holder, {**BASE_META, "spec": ranker.spec.to_dict()})
+    with pytest.raises(ArtifactError, match="older version: retrain it"):
+        load_ranker_model(tmp_path, items, "abc123")
