@@ -98,12 +98,10 @@ def interleaved_latency(rankers: Mapping[str, Ranker], n_candidates: int = 200, 
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     modes = {name: r.training for name, r in rankers.items()}
-    scorers = {name: inference_graph(r) if torchscript else r for name, r in rankers.items()}
     times: dict[str, list[float]] = {name: [] for name in rankers}
     try:
+        scorers = {name: inference_graph(r) if torchscript else r.eval() for name, r in rankers.items()}
         with torch.inference_mode():
-            for r in rankers.values():
-                r.eval()
             for round_no in range(warmup + repeats):
                 for name, scorer in scorers.items():
                     t0 = time.perf_counter()

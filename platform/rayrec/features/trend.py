@@ -71,7 +71,6 @@ class ItemTrend:
         return self.counts(np.arange(n_items), np.int64(at_ms), window_days)
 
 
-
 def trending_order(counts: np.ndarray, eligible: np.ndarray | None = None) -> np.ndarray:
     """Item ids with a positive count, most counted first (ties: lower id first), optionally only
     ``eligible`` ones (a bool mask)."""

@@ -15,8 +15,6 @@ import scipy.sparse as sp
 
 from rayrec.train.evaluate import EvalSplit, Recommender, rows_per_batch, topk_excluding
 
-_DAY_MS = 86_400_000
-
 
 def _batches(n: int, n_items: int) -> Iterator[slice]:
     """User slices whose dense ``[rows, n_items]`` score blocks stay bounded on large catalogs."""
@@ -67,8 +65,7 @@ class RecentlyPopular:
         self.scores: np.ndarray | None = None
 
     def fit(self, split: EvalSplit) -> None:
-        recent = split.prior.ts_ms >= split.cutoff_ms - self.window_days * _DAY_MS
-        counts = np.bincount(split.prior.item_idx[recent], minlength=split.n_items).astype(np.float64)
+        counts = split.recent_counts(self.window_days)
         overall = _prior_counts(split)
         # Window counts are integers, so overall/(max+1) < 1 can only reorder equal window counts.
         self.scores = counts + overall / (overall.max(initial=0.0) + 1.0)

@@ -23,6 +23,7 @@ import pyarrow.dataset as ds
 import scipy.sparse as sp
 
 from rayrec.features.transforms import history_window
+from rayrec.features.trend import DAY_MS
 from rayrec.features.vocab import PAD_ID, UNK_ID
 from rayrec.metrics import membership, ranking_metrics
 
@@ -63,6 +64,12 @@ class EvalSplit:
     interactions: sp.csr_matrix  # float32 [n_users, n_items]: interaction counts before the cutoff
     prior: EventLog
     min_stage: int  # the stage threshold actually used for targets (see load_eval_split)
+
+    def recent_counts(self, window_days: float) -> np.ndarray:
+        """float64 ``[n_items]``: interactions per item in the ``window_days`` before the cutoff (what
+        RecentlyPopular ranks by and the ranker's trend input reads in evaluation)."""
+        recent = self.prior.ts_ms >= self.cutoff_ms - int(round(window_days * DAY_MS))
+        return np.bincount(self.prior.item_idx[recent], minlength=self.n_items).astype(np.float64)
 
 
 @runtime_checkable

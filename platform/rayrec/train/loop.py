@@ -25,7 +25,7 @@ from torch import nn
 from rayrec.artifacts import load_bundle, load_optimizer_state, load_two_tower_model, read_meta, save_bundle
 from rayrec.config import RayrecConfig
 from rayrec.features.items import ItemFeatureTable
-from rayrec.features.trend import ItemTrend
+from rayrec.features.trend import DAY_MS, ItemTrend
 from rayrec.models.losses import distillation_bce, in_batch_softmax_loss, multi_task_bce
 from rayrec.models.ranker import Ranker, RankerSpec
 from rayrec.models.two_tower import TwoTowerModel, TwoTowerSpec
@@ -286,7 +286,7 @@ def _trend_counts(ctx: ModelContext, spec: RankerSpec, cand: torch.Tensor, ts_ms
         raise ValueError("training the ranker needs ModelContext.trend (the training interactions)")
     at = ts_ms.cpu().numpy()
     if staleness_days > 0:
-        lag = torch.rand(len(at)).numpy() * staleness_days * 86_400_000
+        lag = torch.rand(len(at)).numpy() * staleness_days * DAY_MS
         at = at - lag.astype(np.int64)
     counts = ctx.trend.counts(cand.cpu().numpy(), at[:, None], spec.trend_window_days)
     return torch.from_numpy(counts).to(cand.device)

@@ -13,7 +13,7 @@ import torch
 
 from rayrec.config import RayrecConfig
 from rayrec.features.batches import dense_history_inputs
-from rayrec.features.trend import ItemTrend, append_trending, trending_order
+from rayrec.features.trend import append_trending, trending_order
 from rayrec.metrics import ranking_metrics
 from rayrec.models.ranker import Ranker
 from rayrec.models.two_tower import TwoTowerModel
@@ -71,7 +71,8 @@ class TwoStageRecommender:
     def recommend(self, split: EvalSplit, k: int, exclude_seen: bool) -> np.ndarray:
         self.ranker.eval()
         users, items, scores = self.retrieval.scores(split)
-        trend = split_trend_counts(split, self.ranker.spec.trend_window_days)
+        trend = split.recent_counts(self.ranker.spec.trend_window_days).astype(np.float32)
+        trend_t = torch.as_tensor(trend)
         n = max(k, self.candidates)
         top = topk_excluding(scores, split.seen, n, exclude_seen)
         c = min(self.candidates, n)
@@ -93,18 +94,12 @@ class TwoStageRecommender:
             h = _history_tensors(split, rows)
             retrieval_score = (users[rows].unsqueeze(1) * items[cand_ids]).sum(-1)
             logits = self.ranker(users[rows], h["hist_items"], h["hist_gaps_s"], cand_ids, retrieval_score,
-                                 torch.as_tensor(trend)[cand_ids])
+                                 trend_t[cand_ids])
             rank_score = Ranker.score(logits, self.purchase_weight).masked_fill(~valid, -torch.inf)
             order = rank_score.argsort(dim=1, descending=True, stable=True)
             ranked[rows] = torch.gather(cand, 1, order).numpy()
         rest = _drop_present(top[:, c:], ranked)
         return _left_pack(np.concatenate([ranked, rest], axis=1))[:, :k]
-
-
-def split_trend_counts(split: EvalSplit, window_days: float) -> np.ndarray:
-    """Every item's interactions in the ``window_days`` before the split's cutoff."""
-    return ItemTrend.from_events(split.prior.item_idx, split.prior.ts_ms).as_of(split.cutoff_ms, window_days,
-                                                                                split.n_items)
 
 
 def _drop_present(extra: np.ndarray, present: np.ndarray) -> np.ndarray:
