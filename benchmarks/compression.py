@@ -70,18 +70,19 @@ def run_dataset(name: str, finetune_epochs: int, seeds: int) -> list[dict]:
     models = {"dense": load_ranker(ctx, models_dir / "ranker")}
     contexts = {"dense": ctx}
     runs: dict[str, list] = {"dense": [models["dense"]]}  # every fine-tuning seed's model
+    steps = int(batches.steps_per_epoch)  # type: ignore[attr-defined]
     for variant, settings in VARIANTS.items():
         runs[variant] = []
         for seed in range(seeds):
             vcfg = with_values(cfg, {**{f"compress.{k}": v for k, v in {
                 **NEUTRAL, "distill": cfg.compress.distill, **settings, "finetune_epochs": finetune_epochs}.items()},
                 "train.seed": cfg.train.seed + seed})
-            contexts.setdefault(variant, dataclasses.replace(ctx, cfg=vcfg))  # same data and validation split
+            vctx = dataclasses.replace(ctx, cfg=vcfg)  # same data and validation split
+            contexts.setdefault(variant, vctx)
             console.log(f"{name}: {variant}, fine-tuning seed {seed}")
             folder = variant.replace(" ", "_").replace("%", "pct").replace("+", "plus").replace(",", "")
-            steps = int(batches.steps_per_epoch)  # type: ignore[attr-defined]
-            dense = load_ranker(ctx, models_dir / "ranker")
-            bundle = compress_ranker(dataclasses.replace(ctx, cfg=vcfg), retrieval, dense, batches, steps,
+            # compress_ranker shrinks a copy and distills from a copy: the dense model stays as loaded
+            bundle = compress_ranker(vctx, retrieval, models["dense"], batches, steps,
                                      work / "compressed" / f"{folder}_seed{seed}", vcfg.compress)
             runs[variant].append(load_compressed_ranker(bundle, ctx.items, ctx.vocab_fingerprint))
         models[variant] = runs[variant][0]
