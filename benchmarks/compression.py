@@ -70,7 +70,6 @@ def run_dataset(name: str, finetune_epochs: int, seeds: int) -> list[dict]:
     models = {"dense": load_ranker(ctx, models_dir / "ranker")}
     contexts = {"dense": ctx}
     runs: dict[str, list] = {"dense": [models["dense"]]}  # every fine-tuning seed's model
-    steps = int(batches.steps_per_epoch)  # type: ignore[attr-defined]
     for variant, settings in VARIANTS.items():
         runs[variant] = []
         for seed in range(seeds):
@@ -82,7 +81,7 @@ def run_dataset(name: str, finetune_epochs: int, seeds: int) -> list[dict]:
             console.log(f"{name}: {variant}, fine-tuning seed {seed}")
             folder = variant.replace(" ", "_").replace("%", "pct").replace("+", "plus").replace(",", "")
             # compress_ranker shrinks a copy and distills from a copy: the dense model stays as loaded
-            bundle = compress_ranker(vctx, retrieval, models["dense"], batches, steps,
+            bundle = compress_ranker(vctx, retrieval, models["dense"], batches,
                                      work / "compressed" / f"{folder}_seed{seed}", vcfg.compress)
             runs[variant].append(load_compressed_ranker(bundle, ctx.items, ctx.vocab_fingerprint))
         models[variant] = runs[variant][0]

@@ -65,10 +65,16 @@ def test_candidates_are_faiss_hits_plus_trending_items_faiss_missed(served):
     assert np.isfinite(both.retrieval_score[0, n:n + len(extra)]).all()
 
 
-def test_unknown_user_gets_the_cold_start_path(served):
-    base, _, _ = served
+def test_unknown_user_gets_the_trending_items_in_trend_order(served):
+    base, _, release = served
     status, body = http_json("POST", f"{base}/v1/recommend", {"user_id": "never-seen-before", "k": 5})
-    assert status == 200 and body["cold_start"] and len(body["items"]) == 5
+    assert status == 200 and body["cold_start"] and len(body["items"]) == 5 and not body["reranked"]
+    trend = np.load(release / TREND)
+    _, items = _users_and_items(release)
+    idx_of = {it["item_id"]: it["item_idx"] for it in items}
+    got = [idx_of[it["item_id"]] for it in body["items"]]
+    top = sorted((i for i in idx_of.values() if trend[i] > 0), key=lambda i: (-trend[i], i))[:5]
+    assert got == top and [it["score"] for it in body["items"]] == [float(trend[i]) for i in top]
 
 
 def test_events_change_the_next_recommendation_at_once(served):

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rayrec.artifacts import ArtifactError, load_bundle
 from rayrec.config import load_config, with_values
-from rayrec.train.offline import run_evaluation
+from rayrec.features.trend import trending_order
+from rayrec.train.loop import load_two_tower
+from rayrec.train.offline import load_ranker, run_evaluation
+from rayrec.train.systems import two_stage_system
 from rayrec.train.trainer import load_context
 
 pytestmark = pytest.mark.integration
@@ -50,6 +55,22 @@ def test_evaluation_reports_every_system_on_the_same_split(trained, tmp_path):
         assert table[col].between(0, 1).all(), col
     report = json.loads(Path(info["paths"]["json"]).read_text())
     assert len(report["rows"]) == 7 and Path(info["paths"]["png"]).stat().st_size > 0
+
+
+def test_users_without_history_get_the_trending_items_and_everyone_else_the_ranker(trained):
+    _, cfg, ctx, retrieval, ranker = trained
+    split = ctx.valid
+    cold = np.arange(len(split.users)) % 2 == 0  # half the users lose their history
+    split = dataclasses.replace(split, history_items=np.where(cold[:, None], 0, split.history_items))
+    r, rk = load_two_tower(ctx, retrieval.bundle), load_ranker(ctx, ranker.bundle)
+    by_model = two_stage_system(r, rk, with_values(cfg, {"ranker.cold_start": "model"})).recommend(split, 10, True)
+    trending = two_stage_system(r, rk, with_values(cfg, {"ranker.cold_start": "trending"})).recommend(split, 10, True)
+    assert (trending[~cold] == by_model[~cold]).all()
+    counts = split.recent_counts(rk.spec.trend_window_days)
+    for row in np.flatnonzero(cold):
+        seen = split.seen[row].indices
+        expected = [i for i in trending_order(counts) if i not in seen][:10]
+        assert len(expected) == 10 and trending[row].tolist() == expected
 
 
 def test_compression_shrinks_prunes_quantizes_and_is_measured(trained, tmp_path):

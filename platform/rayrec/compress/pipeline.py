@@ -66,7 +66,7 @@ def measure_ranker(ctx: ModelContext, retrieval_dir: Path, ranker: Ranker, eval_
 
 
 def compress_ranker(ctx: ModelContext, retrieval_dir: Path, ranker: Ranker, io: LoopIO | None,
-                    steps_per_epoch: int, out_dir: Path, c: CompressConfig) -> Path:
+                    out_dir: Path, c: CompressConfig) -> Path:
     """Shrink ``ranker`` by ``c``'s ratios, fine-tune it on ``io`` with gradual pruning to ``c.sparsity``
     (distilling from ``ranker`` by ``c.distill``), save it (float weights; quantization recorded,
     applied at load). Returns the bundle folder."""
@@ -74,7 +74,7 @@ def compress_ranker(ctx: ModelContext, retrieval_dir: Path, ranker: Ranker, io: 
     shrunk = shrink_ranker(ranker, ratios, ctx.items)
     pruner = None
     if c.sparsity > 0:
-        total = max(1, c.finetune_epochs * steps_per_epoch)
+        total = max(1, c.finetune_epochs * ((io.steps_per_epoch if io else None) or 1))
         pruner = GradualMagnitudePruner(ranker_prune_targets(shrunk), c.sparsity, total,
                                         every=max(1, total // PRUNE_UPDATES))
     if c.finetune_epochs > 0:
@@ -117,8 +117,7 @@ def run_compression(ctx: ModelContext, models_dir: Path, out_dir: Path | None = 
     dense = load_ranker(ctx, ranker_dir)
     if io is None and c.finetune_epochs > 0:
         io = ranker_batches(ctx)
-    steps = int(getattr(io, "steps_per_epoch", 1)) if io is not None else 1
-    bundle = compress_ranker(ctx, retrieval_dir, dense, io, steps, out, c)
+    bundle = compress_ranker(ctx, retrieval_dir, dense, io, out, c)
     compressed = load_compressed_ranker(bundle, ctx.items, ctx.vocab_fingerprint)
     users = ctx.cfg.train.eval_users
     before = measure_ranker(ctx, retrieval_dir, dense, users, c.latency_candidates)  # shrinking copies; dense is untouched

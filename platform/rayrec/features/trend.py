@@ -94,3 +94,19 @@ def append_trending(cand: np.ndarray, trending: np.ndarray, n: int,
                 break
         out[row, :len(picks)] = picks
     return np.concatenate([cand, out], axis=1)
+
+
+def trending_first(cand: np.ndarray, trending: np.ndarray,
+                   allowed: Callable[[int, np.ndarray], np.ndarray]) -> np.ndarray:
+    """The cold-start order: per row of ``cand`` [B, C] (-1 pads), the ``trending`` ids that
+    ``allowed(row, ids)`` lets the row have, most counted first, then the row's own ids not among
+    them (when too few items trend), cut to C columns."""
+    width = cand.shape[1]
+    head = append_trending(cand[:, :0], trending, width, allowed)
+    out = np.full(cand.shape, -1, dtype=np.int64)
+    for row in range(len(cand)):
+        first = head[row][head[row] >= 0]
+        own = cand[row][(cand[row] >= 0) & ~np.isin(cand[row], first)]
+        merged = np.concatenate([first, own])[:width]
+        out[row, :len(merged)] = merged
+    return out

@@ -10,7 +10,8 @@ training code, and swapping versions is swapping folders::
         items.parquet          item features and display fields (id, title, category, brand, price)
         item_embeddings.npy    float32 [n_items, dim] from the item tower (similar items, filters)
         item_trend.npy         float32 [n_items] interactions per item in the ranker's trend window
-                               before the end of the log (the ranker's trend input, trending candidates)
+                               before the end of the log (the ranker's trend input, trending candidates, the
+                               cold-start list)
         index/                 FAISS index + manifest (measured recall and queries/s)
         search/                lexical (tantivy) + semantic (MiniLM vectors in FAISS) indexes
         user_histories.parquet last events per user: the feature store's starting state
@@ -175,7 +176,8 @@ def build_release(cfg: RayrecConfig, progress: Callable[[str], None] = lambda _m
             "history_length": int(retrieval.spec.history_length), "use_user_id": retrieval.spec.use_user_id,
             "has_ranker": ranker_meta is not None,
             "ranker_compression": (ranker_meta or {}).get("compression"),
-            "ranker_source": str(ranker_dir), "trend": {"window_days": window_days, "as_of_ms": trend_as_of},
+            "ranker_source": str(ranker_dir),
+            "trend": {"window_days": window_days, "as_of_ms": trend_as_of, "cold_start": cfg.ranker.cold_start},
             "index": index.manifest.to_dict(), "search": search, "files": files,
         }  # fmt: skip
         (staging / RELEASE_JSON).write_text(json.dumps(release, indent=2, default=str))

@@ -27,7 +27,7 @@ from ray.exceptions import RayError
 from rayrec.artifacts import load_two_tower_model
 from rayrec.config import ServeConfig
 from rayrec.features.batches import dense_history_inputs
-from rayrec.features.trend import append_trending, trending_order
+from rayrec.features.trend import append_trending, trending_first, trending_order
 from rayrec.features.vocab import UNK_ID, Vocabulary
 from rayrec.index.ann import ItemIndex
 from rayrec.index.release import EMBEDDINGS, HISTORIES, ITEMS, TREND, verify_release
@@ -79,7 +79,10 @@ class RetrievalCore:
         self.embeddings = np.load(release_dir / EMBEDDINGS).astype(np.float32)
         self.index = ItemIndex.load(release_dir / "index", dim=int(self.release["dim"]),
                                     n_items=int(self.release["n_items"]), vocab_fingerprint=fingerprint)
-        self.trending = trending_order(np.load(release_dir / TREND), self.catalog.recommendable)
+        self.trend_counts = np.load(release_dir / TREND)
+        self.trending = trending_order(self.trend_counts, self.catalog.recommendable)
+        # Releases built before the cold-start policy existed answer users without history with the model.
+        self.cold_start_trending = self.release.get("trend", {}).get("cold_start") == "trending"
 
     def history_arrays(self, histories: Sequence[UserHistory], now_ms: int) -> dict[str, np.ndarray]:
         """Model inputs from stored histories: items this release does not know are left out, the
@@ -129,18 +132,24 @@ class RetrievalCore:
     def candidates(self, queries: Sequence[RecommendQuery], histories: Sequence[UserHistory], now_ms: int,
                    n_candidates: int, n_trending: int = 0) -> CandidateBatch:
         """FAISS's top ``n_candidates`` (at least each query's k) plus the ``n_trending`` most
-        interacted-with items of the release's trend window that the query allows and FAISS missed."""
+        interacted-with items of the release's trend window that the query allows and FAISS missed.
+        Under the release's trending cold-start policy, a query without history gets the trending
+        items it allows first, in trend order (``results`` keeps that order)."""
         user_vec, h = self.user_vectors([q.user_id for q in queries], histories, now_ms)
         allowed = [self.catalog.allowed(q.item_filter, self._purchased(h["hist_items"][i], h["hist_types"][i])
                                         if q.exclude_purchased else None) for i, q in enumerate(queries)]
         c = max(n_candidates, max(q.k for q in queries))
         _, cand = self.index.search(user_vec, c, allowed if any(a is not None for a in allowed) else None)
-        if n_trending:
-            def permitted(row: int, ids: np.ndarray) -> np.ndarray:
-                mask = allowed[row]
-                return np.ones(len(ids), dtype=bool) if mask is None else mask[ids]
 
+        def permitted(row: int, ids: np.ndarray) -> np.ndarray:
+            mask = allowed[row]
+            return np.ones(len(ids), dtype=bool) if mask is None else mask[ids]
+
+        if n_trending:
             cand = append_trending(cand, self.trending, n_trending, permitted)
+        cold = np.flatnonzero(~(h["hist_items"] > 0).any(axis=1)) if self.cold_start_trending else []
+        if len(cold):
+            cand[cold] = trending_first(cand[cold], self.trending, lambda row, ids: permitted(int(cold[row]), ids))
         return self.candidate_batch(user_vec, h, cand)
 
     @staticmethod
@@ -149,16 +158,23 @@ class RetrievalCore:
 
     def results(self, batch: CandidateBatch, queries: Sequence[RecommendQuery],
                 rank_score: np.ndarray | None) -> list[dict[str, Any]]:
-        """Per query: the top k (ranker order when ``rank_score`` is given, else retrieval order)."""
+        """Per query: the top k (ranker order when ``rank_score`` is given, else retrieval order; a
+        cold start under the trending policy keeps its candidates' trend order, scored by trend count)."""
         out = []
         for row, q in enumerate(queries):
             valid = batch.cand[row] >= 0
-            order_score = rank_score[row] if rank_score is not None else batch.retrieval_score[row]
-            order = np.argsort(-np.where(valid, order_score, -np.inf), kind="stable")[: min(q.k, int(valid.sum()))]
+            n = min(q.k, int(valid.sum()))
+            trend_ordered = self.cold_start_trending and bool(batch.cold_start[row])
+            if trend_ordered:
+                order_score = self.trend_counts[np.maximum(batch.cand[row], 0)].astype(np.float64)
+                order = np.flatnonzero(valid)[:n]
+            else:
+                order_score = rank_score[row] if rank_score is not None else batch.retrieval_score[row]
+                order = np.argsort(-np.where(valid, order_score, -np.inf), kind="stable")[:n]
             items = [{**self.catalog.describe(int(batch.cand[row, j])), "score": float(order_score[j]),
                       "retrieval_score": float(batch.retrieval_score[row, j])} for j in order]  # fmt: skip
             out.append({"items": items, "cold_start": bool(batch.cold_start[row]), "version": self.version,
-                        "reranked": rank_score is not None, "candidates": int(valid.sum())})
+                        "reranked": rank_score is not None and not trend_ordered, "candidates": int(valid.sum())})
         return out
 
     def similar(self, item_id: str, k: int, item_filter: ItemFilter | None = None) -> dict[str, Any] | None:

@@ -9,6 +9,7 @@ single-process loop (tests and the throughput benchmark).
 from __future__ import annotations
 
 import csv
+import math
 import os
 import signal
 import tempfile
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 
 from rayrec.artifacts import load_bundle, load_optimizer_state, load_two_tower_model, read_meta, save_bundle
-from rayrec.config import RayrecConfig
+from rayrec.config import RayrecConfig, TrainConfig
 from rayrec.features.items import ItemFeatureTable
 from rayrec.features.trend import DAY_MS, ItemTrend
 from rayrec.models.losses import distillation_bce, in_batch_softmax_loss, multi_task_bce
@@ -48,6 +49,7 @@ class LoopIO:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     fault: dict[str, Any] | None = None  # test-only: {"epoch", "after_batches", "marker", "delay_s", "epoch_log"}
     autocast: bool = False  # bf16 autocast on GPU
+    steps_per_epoch: int | None = None  # this worker's optimizer steps per epoch; the cosine schedule needs it
 
     def precision(self) -> Any:
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.autocast)
@@ -162,6 +164,21 @@ def _end_epoch(io: LoopIO, model: nn.Module, optimizer: torch.optim.Optimizer, m
         io.report(metrics, folder)
 
 
+def set_scheduled_lr(optimizer: torch.optim.Optimizer, t: TrainConfig, base: float, epochs: int, epoch: int,
+                     step: int, steps_per_epoch: int | None) -> None:
+    """The learning rate for ``step`` of ``epoch`` of an ``epochs``-long run under ``t.lr_schedule``.
+    Computed from the position alone, so a resumed run continues the same curve."""
+    if t.lr_schedule == "constant":
+        lr = base
+    elif not steps_per_epoch:
+        raise ValueError("train.lr_schedule=cosine needs the run's steps per epoch (LoopIO.steps_per_epoch)")
+    else:
+        progress = min((epoch * steps_per_epoch + step) / max(epochs * steps_per_epoch - 1, 1), 1.0)
+        lr = base * (t.lr_floor + (1 - t.lr_floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
@@ -195,6 +212,7 @@ def train_retrieval(ctx: ModelContext, io: LoopIO) -> None:
                                              None if extra is None else extra.float())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            set_scheduled_lr(optimizer, cfg.train, cfg.train.lr, cfg.train.epochs, epoch, i, io.steps_per_epoch)
             optimizer.step()
             losses.append(loss.item())
             seen += len(batch["item_idx"])
@@ -266,6 +284,7 @@ def train_ranker(ctx: ModelContext, io: LoopIO, retrieval_dir: Path, begin: Rank
                 loss = multi_task_bce(flat, targets, real)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            set_scheduled_lr(optimizer, cfg.train, lr, epochs, epoch, i, io.steps_per_epoch)
             optimizer.step()
             if begin and begin.on_step:
                 begin.on_step()

@@ -13,7 +13,7 @@ import torch
 
 from rayrec.config import RayrecConfig
 from rayrec.features.batches import dense_history_inputs
-from rayrec.features.trend import append_trending, trending_order
+from rayrec.features.trend import append_trending, trending_first, trending_order
 from rayrec.metrics import ranking_metrics
 from rayrec.models.ranker import Ranker
 from rayrec.models.two_tower import TwoTowerModel
@@ -57,12 +57,14 @@ class TwoTowerRecommender:
 
 class TwoStageRecommender:
     """Retrieval top-N candidates, plus the ``trending`` items with the most interactions in the
-    ranker's trend window, re-ordered by the ranker; past them the list keeps retrieval order."""
+    ranker's trend window, re-ordered by the ranker; past them the list keeps retrieval order.
+    With ``cold_start_trending``, users without history get the trending items in trend order."""
 
     def __init__(self, retrieval: TwoTowerModel, ranker: Ranker, candidates: int, purchase_weight: float,
-                 name: str = "two_tower+ranker", trending: int = 0) -> None:
+                 name: str = "two_tower+ranker", trending: int = 0, cold_start_trending: bool = False) -> None:
         self.retrieval, self.ranker, self.name = TwoTowerRecommender(retrieval), ranker, name
         self.candidates, self.purchase_weight, self.trending = candidates, purchase_weight, trending
+        self.cold_start_trending = cold_start_trending
 
     def fit(self, split: EvalSplit) -> None:
         pass
@@ -77,13 +79,13 @@ class TwoStageRecommender:
         top = topk_excluding(scores, split.seen, n, exclude_seen)
         c = min(self.candidates, n)
         cand_all = top[:, :c]
+        seen = split.seen
+
+        def unseen(row: int, ids: np.ndarray) -> np.ndarray:
+            return ~np.isin(ids, seen.indices[seen.indptr[row]:seen.indptr[row + 1]]) if exclude_seen else (
+                np.ones(len(ids), dtype=bool))
+
         if self.trending:
-            seen = split.seen
-
-            def unseen(row: int, ids: np.ndarray) -> np.ndarray:
-                return ~np.isin(ids, seen.indices[seen.indptr[row]:seen.indptr[row + 1]]) if exclude_seen else (
-                    np.ones(len(ids), dtype=bool))
-
             cand_all = append_trending(cand_all, trending_order(trend), self.trending, unseen)
         ranked = np.empty_like(cand_all)
         for lo in range(0, len(top), 512):
@@ -99,7 +101,11 @@ class TwoStageRecommender:
             order = rank_score.argsort(dim=1, descending=True, stable=True)
             ranked[rows] = torch.gather(cand, 1, order).numpy()
         rest = _drop_present(top[:, c:], ranked)
-        return _left_pack(np.concatenate([ranked, rest], axis=1))[:, :k]
+        out = _left_pack(np.concatenate([ranked, rest], axis=1))[:, :k]
+        cold = np.flatnonzero(~(split.history_items != 0).any(axis=1)) if self.cold_start_trending else []
+        if len(cold):
+            out[cold] = trending_first(out[cold], trending_order(trend), lambda row, ids: unseen(int(cold[row]), ids))
+        return out
 
 
 def _drop_present(extra: np.ndarray, present: np.ndarray) -> np.ndarray:
@@ -129,7 +135,8 @@ def retrieval_metrics(model: TwoTowerModel, split: EvalSplit, max_users: int, ks
 def two_stage_system(retrieval: TwoTowerModel, ranker: Ranker, cfg: RayrecConfig) -> TwoStageRecommender:
     """Retrieval followed by ``ranker`` with the candidate counts and purchase weight of ``cfg``."""
     return TwoStageRecommender(retrieval, ranker, cfg.evaluate.candidates, cfg.ranker.purchase_weight,
-                               trending=cfg.evaluate.trending_candidates)
+                               trending=cfg.evaluate.trending_candidates,
+                               cold_start_trending=cfg.ranker.cold_start == "trending")
 
 
 def two_stage_metrics(retrieval: TwoTowerModel, ranker: Ranker, split: EvalSplit, cfg: RayrecConfig,

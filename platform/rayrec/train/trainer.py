@@ -121,7 +121,7 @@ def _worker(config: dict[str, Any]) -> None:
     def run(resume_from: Path | None) -> None:
         io = LoopIO(batches=batches, report=report, resume_from=resume_from, rank=rank, device=device,
                     wrap_model=ray.train.torch.prepare_model, fault=config.get("fault"),
-                    autocast=device.type == "cuda")
+                    autocast=device.type == "cuda", steps_per_epoch=config["steps_per_epoch"])
         if config["kind"] == "two_tower":
             train_retrieval(ctx if rank == 0 else _without_valid(ctx), io)
         else:
@@ -173,16 +173,19 @@ def run_training(cfg: RayrecConfig, kind: str, ctx: ModelContext | None = None,
     storage = Path(t.storage_path).resolve() if t.storage_path else out / "ray"
     name = f"{cfg.name}-{kind}"
     shutil.rmtree(storage / name, ignore_errors=True)  # a new run, not a resume of an older one
+    data = _train_data(cfg, kind, ctx.manifest["history_length"])
+    # Each worker reads about 1/num_workers of the rows, in full batches only.
+    steps_per_epoch = data.count() // t.num_workers // t.batch_size if t.lr_schedule != "constant" else None
     trainer = TorchTrainer(
         _worker,
-        train_loop_config={"ctx": ctx, "kind": kind, "fault": fault,
+        train_loop_config={"ctx": ctx, "kind": kind, "fault": fault, "steps_per_epoch": steps_per_epoch,
                            "retrieval_dir": str(retrieval_dir) if retrieval_dir else None},
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                      resources_per_worker=dict(t.resources_per_worker)),
         run_config=RunConfig(name=name, storage_path=str(storage),
                              failure_config=FailureConfig(max_failures=t.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
-        datasets={"train": _train_data(cfg, kind, ctx.manifest["history_length"])},
+        datasets={"train": data},
     )
     result = trainer.fit()
     if result.checkpoint is None:
@@ -223,9 +226,8 @@ def arrays_io(arrays: dict[str, np.ndarray], batch_size: int, seed: int) -> Loop
             idx = order[lo:lo + batch_size]
             yield {k: v[idx] for k, v in tensors.items()}
 
-    io = LoopIO(batches=batches, report=lambda m, folder: reports.append(m))
+    io = LoopIO(batches=batches, report=lambda m, folder: reports.append(m), steps_per_epoch=n // batch_size)
     io.reports = reports  # type: ignore[attr-defined]
-    io.steps_per_epoch = n // batch_size  # type: ignore[attr-defined]
     return io
 
 

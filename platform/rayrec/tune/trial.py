@@ -86,8 +86,7 @@ def run_trial(params: dict[str, Any], *, base: dict[str, Any], retrieval_dir: st
     batches = arrays_io(ranker_rows, cfg.train.batch_size, cfg.train.seed)
     train_ranker(ctx, _keeping_bundles(batches, dense_dir, report_dense), retrieval)
     dense = load_ranker(ctx, dense_dir)
-    bundle = compress_ranker(ctx, retrieval, dense, batches, int(batches.steps_per_epoch),  # type: ignore[attr-defined]
-                             trial_dir / "ranker_compressed", cfg.compress)
+    bundle = compress_ranker(ctx, retrieval, dense, batches, trial_dir / "ranker_compressed", cfg.compress)
     small = load_compressed_ranker(bundle, ctx.items, ctx.vocab_fingerprint)
     cost = measure_ranker(ctx, retrieval, small, cfg.tune.eval_users, candidates)
     tune.report({**cost.flat(), "stage": 1.0, "bundle": str(bundle)})

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rayrec.features.trend import DAY_MS, ItemTrend, append_trending, trending_order
+from rayrec.features.trend import DAY_MS, ItemTrend, append_trending, trending_first, trending_order
 
 T0 = 1_600_000_000_000
 
@@ -51,3 +51,11 @@ def test_append_trending_adds_only_allowed_items_a_row_does_not_hold():
     blocked = {0: {9}, 1: {5, 9, 4, 8, 6}}
     out = append_trending(cand, trending, 2, lambda row, ids: ~np.isin(ids, list(blocked[row])))
     assert out.tolist() == [[4, 7, -1, 5, 8], [1, 2, 3, 7, -1]]  # row 1 runs out of allowed items
+
+
+def test_trending_first_puts_allowed_trending_items_first_and_fills_with_the_rows_own():
+    cand = np.array([[3, 7, 1, -1], [2, 5, -1, -1]])
+    trending = np.array([7, 5, 9])
+    blocked = {0: {9}, 1: {5, 9}}
+    out = trending_first(cand, trending, lambda row, ids: ~np.isin(ids, list(blocked[row])))
+    assert out.tolist() == [[7, 5, 3, 1], [7, 2, 5, -1]]
