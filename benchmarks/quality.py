@@ -71,11 +71,12 @@ def print_dataset(result: dict) -> dict:
     table = Table(title=f"{result['dataset']}: test split, {result['users']:,} users, full ranking")
     cols = ["recall@10", "recall@20", "recall@50", "recall@100", "ndcg@10", "ndcg@20", "ndcg@50", "hit@20", "mrr",
             "coverage@20", "arp@20"]
+    cols += [c for c in rows[0] if c.endswith("history)")]  # Recall/NDCG@20 of users with and without history
     table.add_column("system")
     for c in cols:
         table.add_column(c, justify="right")
     for r in rows:
-        table.add_row(r["system"], *(f"{r[c]:.4f}" for c in cols))
+        table.add_row(r["system"], *(f"{r.get(c, float('nan')):.4f}" for c in cols))
     console.print(table)
     summary = {}
     for metric in ("recall@20", "ndcg@20"):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
@@ -226,8 +226,11 @@ def evaluate(
     split: EvalSplit,
     ks: Sequence[int] = (10, 20, 50, 100),
     exclude_seen: bool = True,
+    segments: Mapping[str, np.ndarray] | None = None,
 ) -> pd.DataFrame:
-    """Fit and score each system on ``split``: one row per system, metric columns plus timings."""
+    """Fit and score each system on ``split``: one row per system, metric columns plus timings; for
+    each of ``segments`` (a bool mask over the split's users) also Recall / NDCG of its users at K=20
+    (or the largest K when 20 is not asked for)."""
     kmax = max(ks)
     rows = []
     for system in systems:
@@ -238,6 +241,11 @@ def evaluate(
         t2 = time.perf_counter()
         _check_output(system, split, top, kmax, exclude_seen)
         metrics = ranking_metrics(top, split.targets, ks, split.item_popularity)
+        k = 20 if 20 in ks else kmax
+        for segment, mask in (segments or {}).items():
+            if mask.any():
+                part = ranking_metrics(top[mask, :k], split.targets[mask], (k,))
+                metrics.update({f"{m} ({segment})": part[m] for m in (f"recall@{k}", f"ndcg@{k}")})
         rows.append({"system": system.name, **metrics, "fit_s": t1 - t0, "recommend_s": t2 - t1})
     df = pd.DataFrame(rows)
     if "users" in df:

@@ -46,9 +46,12 @@ def run_evaluation(cfg: RayrecConfig, ctx: ModelContext, split: str = "test") ->
     e = cfg.evaluate
     data = load_eval_split(Path(cfg.preprocess.out_dir), split, ctx.manifest["history_length"], e.min_stage)
     systems = [BASELINES[name]() for name in e.baselines] + trained_systems(ctx, Path(cfg.train.out_dir))
-    table = evaluate(systems, data, ks=tuple(e.ks), exclude_seen=e.exclude_seen)
+    no_history = ~(data.history_items != 0).any(axis=1)
+    table = evaluate(systems, data, ks=tuple(e.ks), exclude_seen=e.exclude_seen,
+                     segments={"no history": no_history, "with history": ~no_history})
     out = Path(e.out_dir or Path(cfg.train.out_dir) / "report")
-    notes = (f"{cfg.name}: full ranking over {data.n_items - 2:,} items, {len(data.users):,} {split} users, "
+    notes = (f"{cfg.name}: full ranking over {data.n_items - 2:,} items, {len(data.users):,} {split} users "
+             f"({int(no_history.sum()):,} with no history before the cutoff), "
              f"targets = distinct items at funnel stage >= {data.min_stage} in the {split} split, "
              f"items seen before the cutoff {'excluded' if e.exclude_seen else 'kept'}.")
     paths = write_report(table, out, title=f"Offline evaluation ({cfg.name}, {split} split)", notes=notes)

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rayrec.train.evaluate import EvalSplit, Recommender, evaluate, load_eval_split, topk_excluding, write_report
+from rayrec.train.systems import subset_users
 
 DAY = 86_400_000
 VIEW, CLICK, CART, BUY = 0, 1, 2, 3
@@ -166,6 +167,17 @@ def test_evaluate_one_row_per_system_and_report(processed, tmp_path):
     md = paths["markdown"].read_text()
     assert "| a |" in md and "recall@3" in md and "hand-made data" in md
     assert [r["system"] for r in json.loads(paths["json"].read_text())["rows"]] == ["a", "b"]
+
+
+def test_evaluate_reports_each_user_segment_on_its_own(processed):
+    s = load_eval_split(processed, "test", history_length=4)
+    first = np.arange(len(s.users)) < 2
+    df = evaluate([Fixed("a", [6, 5, 7, 2])], s, ks=(1,), segments={"first two": first, "rest": ~first})
+    alone = [evaluate([Fixed("a", [6, 5, 7, 2])], subset_users(s, np.flatnonzero(m)), ks=(1,)) for m in (first, ~first)]
+    for name, part in zip(("first two", "rest"), alone):
+        for metric in ("recall@1", "ndcg@1"):
+            assert df.loc[0, f"{metric} ({name})"] == pytest.approx(part.loc[0, metric])
+    assert df.loc[0, "recall@1 (first two)"] != df.loc[0, "recall@1 (rest)"]
 
 
 def test_evaluate_rejects_contract_breaches(processed):
