@@ -9,7 +9,8 @@ with different seeds (its quality is their mean, with the range: one run's noise
 1% criterion), and saved as a normal bundle. Prints a table per dataset, writes
 benchmarks/results/compression.json and a quality-vs-latency PNG per dataset.
 
-    python benchmarks/compression.py [--datasets demo,movielens-100k] [--finetune-epochs 1]
+    python benchmarks/compression.py [--datasets demo,movielens-100k] [--finetune-epochs 1] [--seeds 3]
+        [--variants "dense + same fine-tuning;structured 50%"]
 """
 
 from __future__ import annotations
@@ -55,13 +56,16 @@ NEUTRAL = {"deep": 0.0, "cross_rank": 0.0, "embedding_dim": 0.0, "sparsity": 0.0
 console = Console(width=200)
 
 
-def run_dataset(name: str, finetune_epochs: int, seeds: int) -> list[dict]:
+def run_dataset(name: str, finetune_epochs: int, seeds: int, variants: list[str]) -> list[dict]:
     work = RESULTS / "quality" / name
     models_dir = work / "runs"
     if not (models_dir / "ranker" / "meta.json").exists():
         raise SystemExit(f"{models_dir}: no trained ranker; run `python benchmarks/quality.py --datasets {name}` first")
+    # ranker.cold_start=model: users without history are ranked by each variant too, not all answered
+    # with the same trending list, which would shrink every variant's difference to the dense ranker.
     cfg = load_config(REPO / "configs" / CONFIGS[name], [f"preprocess.out_dir={work / 'processed'}",
-                                                         f"train.out_dir={models_dir}", "train.eval_users=100000"])
+                                                         f"train.out_dir={models_dir}", "train.eval_users=100000",
+                                                         "ranker.cold_start=model"])
     ctx = load_context(cfg)
     retrieval = models_dir / "two_tower"
     c = cfg.compress
@@ -70,7 +74,8 @@ def run_dataset(name: str, finetune_epochs: int, seeds: int) -> list[dict]:
     models = {"dense": load_ranker(ctx, models_dir / "ranker")}
     contexts = {"dense": ctx}
     runs: dict[str, list] = {"dense": [models["dense"]]}  # every fine-tuning seed's model
-    for variant, settings in VARIANTS.items():
+    for variant in variants:
+        settings = VARIANTS[variant]
         runs[variant] = []
         for seed in range(seeds):
             vcfg = with_values(cfg, {**{f"compress.{k}": v for k, v in {
@@ -153,11 +158,16 @@ def main() -> None:
     parser.add_argument("--datasets", default="demo,movielens-100k")
     parser.add_argument("--finetune-epochs", type=int, default=1)
     parser.add_argument("--seeds", type=int, default=3, help="fine-tuning runs per variant (quality: their mean)")
+    parser.add_argument("--variants", default=";".join(VARIANTS), help="names from VARIANTS, separated by ;")
     args = parser.parse_args()
+    variants = args.variants.split(";")
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variants {unknown}; known: {list(VARIANTS)}")
     init_ray()
     results = {}
     for name in args.datasets.split(","):
-        rows = run_dataset(name, args.finetune_epochs, args.seeds)
+        rows = run_dataset(name, args.finetune_epochs, args.seeds, variants)
         print_table(name, rows)
         plot(name, rows, RESULTS / f"compression_{name}.png")
         results[name] = rows

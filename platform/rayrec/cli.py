@@ -256,6 +256,7 @@ def _run_evaluation(cfg: RayrecConfig, split: str = "test") -> None:
         table, info = run_evaluation(cfg, load_context(cfg, with_valid=False), split)
     ks = [k for k in cfg.evaluate.ks if k in (10, 20, 50)] or cfg.evaluate.ks[:2]
     columns = [f"recall@{k}" for k in ks] + [f"ndcg@{k}" for k in ks] + ["mrr", f"coverage@{ks[-1]}"]
+    columns += [c for c in table.columns if c.endswith("history)")]  # users with / without history
     console.print(_metrics_table(f"offline evaluation ({split}, {info['users']:,} users, full ranking)", table,
                                  columns))
     console.print(f"report: {info['paths']['markdown']} (+ .json, .png)")

@@ -74,7 +74,8 @@ def compress_ranker(ctx: ModelContext, retrieval_dir: Path, ranker: Ranker, io: 
     shrunk = shrink_ranker(ranker, ratios, ctx.items)
     pruner = None
     if c.sparsity > 0:
-        total = max(1, c.finetune_epochs * ((io.steps_per_epoch if io else None) or 1))
+        steps_per_epoch = io.steps_per_epoch if io is not None and io.steps_per_epoch else 1
+        total = max(1, c.finetune_epochs * steps_per_epoch)
         pruner = GradualMagnitudePruner(ranker_prune_targets(shrunk), c.sparsity, total,
                                         every=max(1, total // PRUNE_UPDATES))
     if c.finetune_epochs > 0:

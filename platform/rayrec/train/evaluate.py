@@ -65,6 +65,11 @@ class EvalSplit:
     prior: EventLog
     min_stage: int  # the stage threshold actually used for targets (see load_eval_split)
 
+    @property
+    def no_history(self) -> np.ndarray:
+        """bool ``[U]``: users with no interaction before the cutoff (the cold-start path's users)."""
+        return ~(self.history_items != 0).any(axis=1)
+
     def recent_counts(self, window_days: float) -> np.ndarray:
         """float64 ``[n_items]``: interactions per item in the ``window_days`` before the cutoff (what
         RecentlyPopular ranks by and the ranker's trend input reads in evaluation)."""
@@ -284,7 +289,7 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, title: str, notes: str =
     ax = fig.add_subplot()
     x = np.arange(len(df))
     # K = chart_k (20 for recommendations, 10 for search); a run without it charts its smallest K.
-    ks = sorted(int(c.split("@")[1]) for c in df.columns if c.startswith("recall@"))
+    ks = sorted(int(c.split("@")[1]) for c in df.columns if c.startswith("recall@") and c[7:].isdigit())
     k = chart_k if chart_k in ks else (ks[0] if ks else None)
     for i, col in enumerate([f"recall@{k}", f"ndcg@{k}"] if k is not None else []):
         ax.bar(x + (i - 0.5) * 0.38, df[col].to_numpy(float), width=0.38, label=col)

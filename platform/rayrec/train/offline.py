@@ -46,7 +46,7 @@ def run_evaluation(cfg: RayrecConfig, ctx: ModelContext, split: str = "test") ->
     e = cfg.evaluate
     data = load_eval_split(Path(cfg.preprocess.out_dir), split, ctx.manifest["history_length"], e.min_stage)
     systems = [BASELINES[name]() for name in e.baselines] + trained_systems(ctx, Path(cfg.train.out_dir))
-    no_history = ~(data.history_items != 0).any(axis=1)
+    no_history = data.no_history
     table = evaluate(systems, data, ks=tuple(e.ks), exclude_seen=e.exclude_seen,
                      segments={"no history": no_history, "with history": ~no_history})
     out = Path(e.out_dir or Path(cfg.train.out_dir) / "report")

@@ -102,7 +102,7 @@ class TwoStageRecommender:
             ranked[rows] = torch.gather(cand, 1, order).numpy()
         rest = _drop_present(top[:, c:], ranked)
         out = _left_pack(np.concatenate([ranked, rest], axis=1))[:, :k]
-        cold = np.flatnonzero(~(split.history_items != 0).any(axis=1)) if self.cold_start_trending else []
+        cold = np.flatnonzero(split.no_history) if self.cold_start_trending else []
         if len(cold):
             out[cold] = trending_first(out[cold], trending_order(trend), lambda row, ids: unseen(int(cold[row]), ids))
         return out

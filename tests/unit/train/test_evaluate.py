@@ -169,7 +169,7 @@ def test_evaluate_one_row_per_system_and_report(processed, tmp_path):
     assert [r["system"] for r in json.loads(paths["json"].read_text())["rows"]] == ["a", "b"]
 
 
-def test_evaluate_reports_each_user_segment_on_its_own(processed):
+def test_evaluate_reports_each_user_segment_on_its_own(processed, tmp_path):
     s = load_eval_split(processed, "test", history_length=4)
     first = np.arange(len(s.users)) < 2
     df = evaluate([Fixed("a", [6, 5, 7, 2])], s, ks=(1,), segments={"first two": first, "rest": ~first})
@@ -178,6 +178,8 @@ def test_evaluate_reports_each_user_segment_on_its_own(processed):
         for metric in ("recall@1", "ndcg@1"):
             assert df.loc[0, f"{metric} ({name})"] == pytest.approx(part.loc[0, metric])
     assert df.loc[0, "recall@1 (first two)"] != df.loc[0, "recall@1 (rest)"]
+    paths = write_report(df, tmp_path, "segments")
+    assert "recall@1 (rest)" in paths["markdown"].read_text() and paths["png"].stat().st_size > 1000
 
 
 def test_evaluate_rejects_contract_breaches(processed):
