@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rayrec.serve.launch import http_json
@@ -36,17 +37,20 @@ def _retry_after_s(answer: object) -> float:
 
 class ClosedLoop:
     """Closed-loop clients posting /v1/recommend until stopped; a failed request is retried once
-    (after 1 s, Serve's Retry-After), and both outcomes are recorded."""
+    (after 1 s, Serve's Retry-After), and both outcomes are recorded. Clients cycle through ``users``
+    (default: ids no release knows, i.e. the cold-start path)."""
 
-    def __init__(self, base: str, clients: int) -> None:
+    def __init__(self, base: str, clients: int, users: Sequence[str] | None = None) -> None:
         self.base, self.stop, self.answers = base, threading.Event(), []
+        self.users = list(users) if users else None
         self.lock = threading.Lock()
         self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(clients)]
 
     def _run(self, i: int) -> None:
         n = 0
         while not self.stop.is_set():
-            body = {"user_id": f"fault-{i}-{n % 7}", "k": 5}
+            user = self.users[(7 * i + n) % len(self.users)] if self.users else f"fault-{i}-{n % 7}"
+            body = {"user_id": user, "k": 5}
             started = time.monotonic()
             status, answer, latency = post(f"{self.base}/v1/recommend", body)
             a = Answer(started, status, latency, body=answer)
