@@ -7,7 +7,11 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
+import pyarrow.parquet as pq
+
+from rayrec.index.release import HISTORIES
 from rayrec.serve.launch import http_json
 
 CLIENT_TIMEOUT_S = 60.0
@@ -33,6 +37,12 @@ def post(url: str, body: dict, timeout_s: float = CLIENT_TIMEOUT_S) -> tuple[int
 
 def _retry_after_s(answer: object) -> float:
     return 1.0  # http_json drops headers; Serve's Retry-After here is 1 s (serve.retry_after_s)
+
+
+def known_users(release: Path, n: int = 28) -> list[str]:
+    """``n`` users with history in ``release``: answered by retrieval + ranker (history-less ones get
+    the trending list, which the ranker does not order)."""
+    return pq.read_table(release / HISTORIES, columns=["user_id"]).column("user_id").to_pylist()[:n]
 
 
 class ClosedLoop:

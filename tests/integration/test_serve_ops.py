@@ -13,7 +13,7 @@ from rayrec.artifacts import ArtifactError
 from rayrec.config import with_values
 from rayrec.index.release import build_release
 from rayrec.serve.launch import http_json, start_serving
-from tests.serve_clients import ClosedLoop, running_replicas, wait_for
+from tests.serve_clients import ClosedLoop, known_users, running_replicas, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -105,7 +105,7 @@ def test_a_new_version_rolls_out_under_load_with_zero_failures(ops):
 
     base, cfg, v1 = ops
     v2 = build_release(cfg)
-    with ClosedLoop(base, clients=4) as load:
+    with ClosedLoop(base, clients=4, users=known_users(v1)) as load:
         time.sleep(2)
         serve.run(build_app(cfg, v2.name), name=APP, route_prefix="/ops", blocking=False)
         wait_for(lambda: http_json("GET", f"{base}/readyz")[1].get("version") == v2.name, 120, "v2 ready")

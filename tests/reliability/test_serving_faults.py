@@ -18,14 +18,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
 from rayrec.config import with_values
-from rayrec.index.release import HISTORIES, build_release
+from rayrec.index.release import build_release
 from rayrec.serve.launch import http_json, start_serving
 from tests.reliability.figures import ms, percentile, record
-from tests.serve_clients import CLIENT_TIMEOUT_S, ClosedLoop, post, running_replicas, wait_for
+from tests.serve_clients import CLIENT_TIMEOUT_S, ClosedLoop, known_users, post, running_replicas, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -89,16 +88,10 @@ def faults(trained, tmp_path_factory, serve_port):
     ActorFeatureStore.connect(cfg.serve.feature_store, out / "store", None, store_name=APP).shutdown()
 
 
-def _known_users(release: Path) -> list[str]:
-    """Users with history in the release: answered by retrieval + ranker (history-less ones get the
-    trending list, which the ranker does not order)."""
-    return pq.read_table(release / HISTORIES, columns=["user_id"]).column("user_id").to_pylist()[:28]
-
-
 def _kill_under_load(faults, tmp_path: Path, deployment: str, test: str) -> dict:
     base, _, release, _ = faults
     assert http_json("POST", f"{base}/v1/recommend", {"user_id": "before", "k": 5})[0] == 200
-    with ClosedLoop(base, clients=4, users=_known_users(release)) as load:
+    with ClosedLoop(base, clients=4, users=known_users(release)) as load:
         time.sleep(4)
         killed, killed_at = _kill_replica(APP, deployment)
         wait_for(lambda: _replaced(APP, deployment, killed), 90, f"a new {deployment} replica")
@@ -136,7 +129,7 @@ def test_a_killed_retrieval_replica_is_replaced_and_retries_succeed(faults, tmp_
 def test_a_killed_ranking_replica_is_replaced_and_retries_succeed(faults, tmp_path):
     base, _, release, _ = faults
     _kill_under_load(faults, tmp_path, "Ranking", "ranking_replica_killed")
-    status, body = http_json("POST", f"{base}/v1/recommend", {"user_id": _known_users(release)[0], "k": 5})
+    status, body = http_json("POST", f"{base}/v1/recommend", {"user_id": known_users(release)[0], "k": 5})
     assert status == 200 and body["reranked"], body  # the new ranking replica ranks again
 
 
