@@ -65,6 +65,19 @@ def test_candidates_are_faiss_hits_plus_trending_items_faiss_missed(served):
     assert np.isfinite(both.retrieval_score[0, n:n + len(extra)]).all()
 
 
+def test_a_batch_of_cold_starts_skips_the_ranking_hop(served):
+    _, cfg, release = served
+    histories, _ = _users_and_items(release)
+    core = RetrievalCore(release)
+    h = histories[0]
+    warm = UserHistory(item_ids=tuple(h["item_id"]), stages=tuple(h["stage"]), ts_ms=tuple(h["ts_ms"]))
+    cold = UserHistory(item_ids=(), stages=(), ts_ms=())
+    query = RecommendQuery(user_id="someone", k=5)
+    now = max(h["ts_ms"])
+    assert not core.needs_ranking(core.candidates([query, query], [cold, cold], now, cfg.serve.candidates))
+    assert core.needs_ranking(core.candidates([query, query], [cold, warm], now, cfg.serve.candidates))
+
+
 def test_unknown_user_gets_the_trending_items_in_trend_order(served):
     base, _, release = served
     status, body = http_json("POST", f"{base}/v1/recommend", {"user_id": "never-seen-before", "k": 5})

@@ -22,6 +22,12 @@ def history_inputs(hist_items: Any, hist_types: Any, hist_gaps_s: Any, length: i
                                 pad_lists(hist_gaps_s, length, dtype=np.float32))
 
 
+def without_history(hist_items: np.ndarray) -> np.ndarray:
+    """bool ``[B]``: rows of ``hist_items`` ``[B, L]`` (0 = padding) with no item at all, the users the
+    cold-start path answers."""
+    return ~(np.asarray(hist_items) > 0).any(axis=1)
+
+
 def dense_history_inputs(items: np.ndarray, stages: np.ndarray, gaps_s: np.ndarray) -> dict[str, np.ndarray]:
     """Right-aligned [B, L] item ids (0 = padding), funnel stages and gaps in seconds -> model inputs."""
     items = np.asarray(items, dtype=np.int64)

@@ -23,7 +23,7 @@ import torch
 
 from rayrec.artifacts import ArtifactError, load_ranker_model, load_two_tower_model
 from rayrec.config import RayrecConfig
-from rayrec.features.batches import example_inputs
+from rayrec.features.batches import example_inputs, without_history
 from rayrec.features.items import ItemFeatureTable
 from rayrec.features.trend import ItemTrend
 from rayrec.index.release import ITEMS, SEARCH, release_root, resolve_release, verify_release
@@ -92,7 +92,7 @@ class Personalizer:
     def orders(self, batch: dict[str, np.ndarray], hits: list[SearchHits], search_cfg: Any) -> list[np.ndarray]:
         """Per row: positions into its hits, personalized where the user has history."""
         scores = self.candidate_scores(batch, tier_candidates(hits, search_cfg))
-        has_history = (batch["hist_items"] > 0).any(axis=1)
+        has_history = ~without_history(batch["hist_items"])
         return [blend_personal(h, s, search_cfg) if known and len(h.items) > 1 else np.arange(len(h.items))
                 for h, s, known in zip(hits, scores, has_history)]
 

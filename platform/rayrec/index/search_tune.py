@@ -21,6 +21,7 @@ import scipy.sparse as sp
 
 from rayrec.artifacts import ArtifactError
 from rayrec.config import RayrecConfig, SearchConfig, write_config
+from rayrec.features.batches import without_history
 from rayrec.index.search_eval import BATCH, _padded, load_search_systems, search_events, target_matrix
 from rayrec.index.text_search import blend_personal, fuse, relevance_tier
 from rayrec.metrics import ranking_metrics
@@ -70,7 +71,7 @@ def collect_candidates(cfg: RayrecConfig, split: str) -> tuple[list[QueryCandida
         union = [np.unique(np.concatenate([a, b])) for a, b in zip(lexical, semantic)]
         batch = personal.inputs(part, int(meta["history_length"]))
         scores = personal.candidate_scores(batch, _padded(union, max((len(u) for u in union), default=1) or 1))
-        has_history = (batch["hist_items"] > 0).any(axis=1)
+        has_history = ~without_history(batch["hist_items"])
         for i, target in enumerate(part.column("item_idx").to_pylist()):
             ranker = dict(zip(union[i].tolist(), scores[i, : len(union[i])].tolist()))
             out.append(QueryCandidates(lexical[i], semantic[i], ranker, bool(has_history[i]), int(target)))

@@ -26,7 +26,7 @@ from ray.exceptions import RayError
 
 from rayrec.artifacts import load_two_tower_model
 from rayrec.config import ServeConfig
-from rayrec.features.batches import dense_history_inputs
+from rayrec.features.batches import dense_history_inputs, without_history
 from rayrec.features.trend import append_trending, trending_first, trending_order
 from rayrec.features.vocab import UNK_ID, Vocabulary
 from rayrec.index.ann import ItemIndex
@@ -127,7 +127,7 @@ class RetrievalCore:
         score[cand < 0] = -np.inf
         return CandidateBatch(user_vec=user_vec, hist_items=h["hist_items"], hist_gaps_s=h["hist_gaps_s"],
                               cand=cand.astype(np.int64), retrieval_score=score,
-                              cold_start=~(h["hist_items"] > 0).any(axis=1))
+                              cold_start=without_history(h["hist_items"]))
 
     def candidates(self, queries: Sequence[RecommendQuery], histories: Sequence[UserHistory], now_ms: int,
                    n_candidates: int, n_trending: int = 0) -> CandidateBatch:
@@ -147,10 +147,15 @@ class RetrievalCore:
 
         if n_trending:
             cand = append_trending(cand, self.trending, n_trending, permitted)
-        cold = np.flatnonzero(~(h["hist_items"] > 0).any(axis=1)) if self.cold_start_trending else []
+        cold = np.flatnonzero(without_history(h["hist_items"])) if self.cold_start_trending else []
         if len(cold):
             cand[cold] = trending_first(cand[cold], self.trending, lambda row, ids: permitted(int(cold[row]), ids))
         return self.candidate_batch(user_vec, h, cand)
+
+    def needs_ranking(self, batch: CandidateBatch) -> bool:
+        """False when every query of ``batch`` keeps its trend order (all cold starts under the trending
+        policy): the ranking hop would be scored and ignored."""
+        return not (self.cold_start_trending and bool(batch.cold_start.all()))
 
     @staticmethod
     def _purchased(items: np.ndarray, types: np.ndarray) -> np.ndarray:
@@ -253,7 +258,8 @@ class RetrievalStage:
         t = self.metrics.stage("feature_store", t)
         batch = self.core.candidates(queries, histories, _now_ms(), self.cfg.candidates, self.cfg.trending_candidates)
         t = self.metrics.stage("retrieval", t)
-        rank_score = await self.rank(batch) if self.ranking is not None and self.cfg.use_ranker else None
+        ranked = self.ranking is not None and self.cfg.use_ranker and self.core.needs_ranking(batch)
+        rank_score = await self.rank(batch) if ranked else None
         self.metrics.stage("ranking", t)
         results = self.core.results(batch, queries, rank_score)
         for r in results:

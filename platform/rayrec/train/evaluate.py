@@ -22,6 +22,7 @@ import pandas as pd
 import pyarrow.dataset as ds
 import scipy.sparse as sp
 
+from rayrec.features.batches import without_history
 from rayrec.features.transforms import history_window
 from rayrec.features.trend import DAY_MS
 from rayrec.features.vocab import PAD_ID, UNK_ID
@@ -68,7 +69,7 @@ class EvalSplit:
     @property
     def no_history(self) -> np.ndarray:
         """bool ``[U]``: users with no interaction before the cutoff (the cold-start path's users)."""
-        return ~(self.history_items != 0).any(axis=1)
+        return without_history(self.history_items)
 
     def recent_counts(self, window_days: float) -> np.ndarray:
         """float64 ``[n_items]``: interactions per item in the ``window_days`` before the cutoff (what
@@ -237,6 +238,7 @@ def evaluate(
     each of ``segments`` (a bool mask over the split's users) also Recall / NDCG of its users at K=20
     (or the largest K when 20 is not asked for)."""
     kmax = max(ks)
+    segment_k = 20 if 20 in ks else kmax
     rows = []
     for system in systems:
         t0 = time.perf_counter()
@@ -246,11 +248,10 @@ def evaluate(
         t2 = time.perf_counter()
         _check_output(system, split, top, kmax, exclude_seen)
         metrics = ranking_metrics(top, split.targets, ks, split.item_popularity)
-        k = 20 if 20 in ks else kmax
         for segment, mask in (segments or {}).items():
             if mask.any():
-                part = ranking_metrics(top[mask, :k], split.targets[mask], (k,))
-                metrics.update({f"{m} ({segment})": part[m] for m in (f"recall@{k}", f"ndcg@{k}")})
+                part = ranking_metrics(top[mask, :segment_k], split.targets[mask], (segment_k,))
+                metrics.update({f"{m} ({segment})": part[m] for m in (f"recall@{segment_k}", f"ndcg@{segment_k}")})
         rows.append({"system": system.name, **metrics, "fit_s": t1 - t0, "recommend_s": t2 - t1})
     df = pd.DataFrame(rows)
     if "users" in df:

@@ -75,6 +75,7 @@ class TwoStageRecommender:
         users, items, scores = self.retrieval.scores(split)
         trend = split.recent_counts(self.ranker.spec.trend_window_days).astype(np.float32)
         trend_t = torch.as_tensor(trend)
+        trending = trending_order(trend)
         n = max(k, self.candidates)
         top = topk_excluding(scores, split.seen, n, exclude_seen)
         c = min(self.candidates, n)
@@ -86,7 +87,7 @@ class TwoStageRecommender:
                 np.ones(len(ids), dtype=bool))
 
         if self.trending:
-            cand_all = append_trending(cand_all, trending_order(trend), self.trending, unseen)
+            cand_all = append_trending(cand_all, trending, self.trending, unseen)
         ranked = np.empty_like(cand_all)
         for lo in range(0, len(top), 512):
             rows = slice(lo, lo + 512)
@@ -104,7 +105,7 @@ class TwoStageRecommender:
         out = _left_pack(np.concatenate([ranked, rest], axis=1))[:, :k]
         cold = np.flatnonzero(split.no_history) if self.cold_start_trending else []
         if len(cold):
-            out[cold] = trending_first(out[cold], trending_order(trend), lambda row, ids: unseen(int(cold[row]), ids))
+            out[cold] = trending_first(out[cold], trending, lambda row, ids: unseen(int(cold[row]), ids))
         return out
 
 
