@@ -46,12 +46,16 @@ def test_recommend_ranks_k_items_from_one_release(served):
     assert len({it["item_id"] for it in body["items"]}) == 7
 
 
+def _core_and_first_user(release):
+    """A retrieval core on ``release`` and its first stored user: (core, user row, that user's history)."""
+    h = _users_and_items(release)[0][0]
+    history = UserHistory(item_ids=tuple(h["item_id"]), stages=tuple(h["stage"]), ts_ms=tuple(h["ts_ms"]))
+    return RetrievalCore(release), h, history
+
+
 def test_candidates_are_faiss_hits_plus_trending_items_faiss_missed(served):
     _, cfg, release = served
-    histories, _ = _users_and_items(release)
-    core = RetrievalCore(release)
-    h = histories[0]
-    history = UserHistory(item_ids=tuple(h["item_id"]), stages=tuple(h["stage"]), ts_ms=tuple(h["ts_ms"]))
+    core, h, history = _core_and_first_user(release)
     query = RecommendQuery(user_id=h["user_id"], k=7, exclude_purchased=False)
     plain = core.candidates([query], [history], max(h["ts_ms"]), cfg.serve.candidates)
     both = core.candidates([query], [history], max(h["ts_ms"]), cfg.serve.candidates, n_trending=20)
@@ -67,10 +71,7 @@ def test_candidates_are_faiss_hits_plus_trending_items_faiss_missed(served):
 
 def test_a_batch_of_cold_starts_skips_the_ranking_hop(served):
     _, cfg, release = served
-    histories, _ = _users_and_items(release)
-    core = RetrievalCore(release)
-    h = histories[0]
-    warm = UserHistory(item_ids=tuple(h["item_id"]), stages=tuple(h["stage"]), ts_ms=tuple(h["ts_ms"]))
+    core, h, warm = _core_and_first_user(release)
     cold = UserHistory(item_ids=(), stages=(), ts_ms=())
     query = RecommendQuery(user_id="someone", k=5)
     now = max(h["ts_ms"])
