@@ -158,6 +158,11 @@ class RankerConfig(Section):
                                     "from; too small a K samples items the user will engage with later (demo: "
                                     "50 → valid NDCG@20 0.049, 200 → 0.056).")
     purchase_weight: float = Field(0.5, ge=0, description="Weight of P(purchase) added to P(click) in the score.")
+    trend_boost: float | None = Field(None, ge=0, description="Weight of the candidate's trend count (log scale, "
+                                      "as the ranker reads it) added to the score, for every ranked request. null: "
+                                      "chosen after the last epoch among TREND_BOOST_GRID (train/systems.py) by "
+                                      "validation NDCG@20 of the two-stage system, and saved with the ranker (that "
+                                      "epoch's valid metrics include it); a number fixes it (0: none).")
 
 
 class CompressConfig(Section):

@@ -69,6 +69,26 @@ def test_candidates_are_faiss_hits_plus_trending_items_faiss_missed(served):
     assert np.isfinite(both.retrieval_score[0, n:n + len(extra)]).all()
 
 
+def test_the_ranking_replica_adds_the_rankers_trend_boost(served):
+    import dataclasses
+
+    from rayrec.serve.ranking import RankingCore
+
+    _, cfg, release = served
+    core, h, history = _core_and_first_user(release)
+    query = RecommendQuery(user_id=h["user_id"], k=7)
+    batch = core.candidates([query], [history], max(h["ts_ms"]), cfg.serve.candidates, n_trending=20)
+    payload = batch.ranking_payload(core.version)
+    ranking = RankingCore(release, cfg.ranker.purchase_weight)
+    ranking.model.spec = dataclasses.replace(ranking.model.spec, trend_boost=0.0)
+    plain = ranking.score(payload)
+    ranking.model.spec = dataclasses.replace(ranking.model.spec, trend_boost=2.0)
+    valid = batch.cand >= 0
+    counts = np.load(release / TREND)[batch.cand[valid]]
+    lift = 2.0 * np.log1p(counts) / float(ranking.model.pop_scale)
+    assert (counts > 0).any() and np.allclose(ranking.score(payload)[valid] - plain[valid], lift, atol=1e-5)
+
+
 def test_a_batch_of_cold_starts_skips_the_ranking_hop(served):
     _, cfg, release = served
     core, h, warm = _core_and_first_user(release)

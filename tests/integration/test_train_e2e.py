@@ -15,7 +15,7 @@ from rayrec.config import load_config, with_values
 from rayrec.features.trend import trending_order
 from rayrec.train.loop import load_two_tower
 from rayrec.train.offline import load_ranker, run_evaluation
-from rayrec.train.systems import two_stage_system
+from rayrec.train.systems import TREND_BOOST_GRID, two_stage_metrics, two_stage_system
 from rayrec.train.trainer import load_context
 
 pytestmark = pytest.mark.integration
@@ -43,6 +43,20 @@ def test_checkpoints_load_safely_and_refuse_another_vocabulary(trained, tmp_path
     (copy / "weights.pt").write_bytes((copy / "weights.pt").read_bytes() + b"x")
     with pytest.raises(ArtifactError, match="corrupt"):
         load_bundle(copy, "two_tower", ctx.vocab_fingerprint)
+
+
+def test_the_ranker_keeps_the_trend_boost_with_the_best_validation_ndcg(trained):
+    _, cfg, ctx, retrieval, ranker = trained
+    meta = load_bundle(ranker.bundle, "ranker", ctx.vocab_fingerprint)[1]
+    fit = {float(b): m for b, m in meta["trend_boost_fit"].items()}
+    assert sorted(fit) == sorted(TREND_BOOST_GRID)
+    best = max(sorted(fit), key=lambda b: (fit[b]["valid_ndcg@20"], -b))
+    model = load_ranker(ctx, ranker.bundle)
+    assert model.spec.trend_boost == meta["spec"]["trend_boost"] == best
+    assert ranker.metrics[-1]["valid_ndcg@20"] == pytest.approx(fit[best]["valid_ndcg@20"])
+    # the saved boost is the one the evaluation of the loaded model measures
+    again = two_stage_metrics(load_two_tower(ctx, retrieval.bundle), model, ctx.valid, cfg, cfg.train.eval_users)
+    assert again == pytest.approx(fit[best])
 
 
 def test_evaluation_reports_every_system_on_the_same_split(trained, tmp_path):

@@ -29,7 +29,6 @@ from rayrec.features.trend import ItemTrend
 from rayrec.index.release import ITEMS, SEARCH, release_root, resolve_release, verify_release
 from rayrec.index.text_search import ProductSearch, SearchHits, blend_personal, tier_candidates
 from rayrec.metrics import ranking_metrics
-from rayrec.models.ranker import Ranker
 from rayrec.train.evaluate import write_report
 
 SPLITS = {"train": 0, "valid": 1, "test": 2}
@@ -84,10 +83,11 @@ class Personalizer:
         valid = c >= 0
         retrieval_score = (user_vec.unsqueeze(1) * self.item_vectors[c.clamp(min=0)]).sum(-1)
         assert self.ranker is not None
-        counts = self.trend.counts(np.maximum(cand, 0), batch["ts_ms"][:, None], self.ranker.spec.trend_window_days)
+        counts = torch.as_tensor(self.trend.counts(np.maximum(cand, 0), batch["ts_ms"][:, None],
+                                                   self.ranker.spec.trend_window_days))
         logits = self.ranker(user_vec, t["hist_items"], t["hist_gaps_s"], c.clamp(min=0),
-                             retrieval_score.masked_fill(~valid, 0.0), torch.as_tensor(counts))
-        return Ranker.score(logits, self.purchase_weight).masked_fill(~valid, -torch.inf).numpy()
+                             retrieval_score.masked_fill(~valid, 0.0), counts)
+        return self.ranker.score(logits, counts, self.purchase_weight).masked_fill(~valid, -torch.inf).numpy()
 
     def orders(self, batch: dict[str, np.ndarray], hits: list[SearchHits], search_cfg: Any) -> list[np.ndarray]:
         """Per row: positions into its hits, personalized where the user has history."""

@@ -24,7 +24,7 @@ from ray import serve
 from rayrec.artifacts import ArtifactError, load_ranker_model
 from rayrec.features.items import ItemFeatureTable
 from rayrec.index.release import ITEMS, TREND, resolve_release, verify_release
-from rayrec.models.ranker import Ranker, inference_graph
+from rayrec.models.ranker import inference_graph
 from rayrec.serve.retrieval import ReleaseMismatch, replica_device
 
 PAYLOAD_ARRAYS = ("user_vec", "hist_items", "hist_gaps_s", "cand", "retrieval_score")
@@ -57,9 +57,11 @@ class RankingCore:
         t = {k: torch.as_tensor(payload[k], device=self.device) for k in PAYLOAD_ARRAYS}
         valid = t["cand"] >= 0
         cand = t["cand"].clamp(min=0)
+        trend = self.trend[cand]
         logits = self.scorer(t["user_vec"], t["hist_items"], t["hist_gaps_s"], cand,
-                            t["retrieval_score"].masked_fill(~valid, 0.0), self.trend[cand])
-        return Ranker.score(logits, self.purchase_weight).masked_fill(~valid, -torch.inf).float().cpu().numpy()
+                            t["retrieval_score"].masked_fill(~valid, 0.0), trend)
+        scores = self.model.score(logits, trend, self.purchase_weight)
+        return scores.masked_fill(~valid, -torch.inf).float().cpu().numpy()
 
 
 def merge_payloads(payloads: list[dict[str, Any]]) -> tuple[dict[str, Any], list[int], list[int]]:

@@ -31,7 +31,7 @@ from rayrec.models.losses import distillation_bce, in_batch_softmax_loss, multi_
 from rayrec.models.ranker import Ranker, RankerSpec
 from rayrec.models.two_tower import TwoTowerModel, TwoTowerSpec
 from rayrec.train.evaluate import EvalSplit
-from rayrec.train.systems import retrieval_metrics, two_stage_metrics
+from rayrec.train.systems import fit_trend_boost, retrieval_metrics, two_stage_metrics
 
 Batch = dict[str, torch.Tensor]
 METRICS_CSV = "metrics.csv"
@@ -92,7 +92,7 @@ def ranker_spec(ctx: ModelContext) -> RankerSpec:
     return RankerSpec(n_items=v["items"], n_categories=v["categories"], n_brands=v["brands"],
                       n_price_buckets=len(ctx.manifest["price_bucket_edges"]) + 2, user_dim=ctx.cfg.model.dim,
                       dim=r.dim, cross_layers=r.cross_layers, cross_rank=r.cross_rank, deep_layers=list(r.deep_layers),
-                      trend_window_days=r.trend_window_days)
+                      trend_window_days=r.trend_window_days, trend_boost=r.trend_boost or 0.0)
 
 
 def _log_q(items: ItemFeatureTable) -> torch.Tensor:
@@ -293,7 +293,12 @@ def train_ranker(ctx: ModelContext, io: LoopIO, retrieval_dir: Path, begin: Rank
         metrics = {"epoch": float(epoch), "loss": float(np.mean(losses)) if losses else float("nan"),
                    "samples_per_s": seen / max(time.perf_counter() - t0, 1e-9)}
         if io.rank == 0 and ctx.valid is not None:
-            metrics.update(two_stage_metrics(retrieval, model, ctx.valid, cfg, cfg.train.eval_users))
+            if epoch == epochs - 1 and begin is None and r.trend_boost is None:
+                fit = fit_trend_boost(retrieval, model, ctx.valid, cfg, cfg.train.eval_users)
+                meta.update(spec=model.spec.to_dict(), trend_boost_fit={f"{b:g}": m for b, m in fit.items()})
+                metrics.update(fit[model.spec.trend_boost])
+            else:
+                metrics.update(two_stage_metrics(retrieval, model, ctx.valid, cfg, cfg.train.eval_users))
         _end_epoch(io, model, optimizer, meta, history, metrics)
 
 

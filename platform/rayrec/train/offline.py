@@ -18,7 +18,7 @@ from rayrec.models.ranker import Ranker
 from rayrec.train.baselines import ImplicitALS, ImplicitBPR, ItemKNN, MostPopular, RecentlyPopular
 from rayrec.train.evaluate import Recommender, evaluate, load_eval_split, write_report
 from rayrec.train.loop import ModelContext, load_two_tower
-from rayrec.train.systems import TwoTowerRecommender, two_stage_system
+from rayrec.train.systems import TwoStageRecommender, TwoTowerRecommender, two_stage_system
 
 # Keys are the config's ``Baseline`` names, so an unknown one fails at config load.
 BASELINES: dict[str, type] = {
@@ -54,5 +54,9 @@ def run_evaluation(cfg: RayrecConfig, ctx: ModelContext, split: str = "test") ->
              f"({int(no_history.sum()):,} with no history before the cutoff), "
              f"targets = distinct items at funnel stage >= {data.min_stage} in the {split} split, "
              f"items seen before the cutoff {'excluded' if e.exclude_seen else 'kept'}.")
+    for system in systems:
+        if isinstance(system, TwoStageRecommender):
+            notes += (f" The ranker's score adds {system.ranker.spec.trend_boost:g} × its trend feature "
+                      f"(ranker.trend_boost; null = chosen on validation after training).")
     paths = write_report(table, out, title=f"Offline evaluation ({cfg.name}, {split} split)", notes=notes)
     return table, {"paths": paths, "notes": notes, "users": len(data.users)}

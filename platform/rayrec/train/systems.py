@@ -7,6 +7,7 @@ baselines, on the same split, in the same run.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -98,7 +99,8 @@ class TwoStageRecommender:
             retrieval_score = (users[rows].unsqueeze(1) * items[cand_ids]).sum(-1)
             logits = self.ranker(users[rows], h["hist_items"], h["hist_gaps_s"], cand_ids, retrieval_score,
                                  trend_t[cand_ids])
-            rank_score = Ranker.score(logits, self.purchase_weight).masked_fill(~valid, -torch.inf)
+            rank_score = self.ranker.score(logits, trend_t[cand_ids], self.purchase_weight)
+            rank_score = rank_score.masked_fill(~valid, -torch.inf)
             order = rank_score.argsort(dim=1, descending=True, stable=True)
             ranked[rows] = torch.gather(cand, 1, order).numpy()
         rest = _drop_present(top[:, c:], ranked)
@@ -147,6 +149,22 @@ def two_stage_metrics(retrieval: TwoTowerModel, ranker: Ranker, split: EvalSplit
     return validation_metrics(system, [retrieval, ranker], split, max_users, ks, cfg.evaluate.exclude_seen)
 
 
+TREND_BOOST_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+
+
+def fit_trend_boost(retrieval: TwoTowerModel, ranker: Ranker, split: EvalSplit, cfg: RayrecConfig,
+                    max_users: int) -> dict[float, dict[str, float]]:
+    """Sets ``ranker.spec.trend_boost`` to the ``TREND_BOOST_GRID`` value with the best NDCG@20 of
+    the two-stage system on ``split`` (ties: the smaller boost); returns every value's metrics."""
+    fit = {}
+    for boost in TREND_BOOST_GRID:
+        ranker.spec = replace(ranker.spec, trend_boost=boost)
+        fit[boost] = two_stage_metrics(retrieval, ranker, split, cfg, max_users)
+    best = max(TREND_BOOST_GRID, key=lambda b: (fit[b]["valid_ndcg@20"], -b))
+    ranker.spec = replace(ranker.spec, trend_boost=best)
+    return fit
+
+
 def validation_metrics(system: TwoTowerRecommender | TwoStageRecommender, models: Sequence[torch.nn.Module],
                        split: EvalSplit, max_users: int, ks: Sequence[int], exclude_seen: bool) -> dict[str, float]:
     if len(split.users) > max_users:
@@ -160,8 +178,6 @@ def validation_metrics(system: TwoTowerRecommender | TwoStageRecommender, models
 
 
 def subset_users(split: EvalSplit, rows: np.ndarray) -> EvalSplit:
-    from dataclasses import replace
-
     return replace(split, users=split.users[rows], history_items=split.history_items[rows],
                    history_types=split.history_types[rows], history_gaps=split.history_gaps[rows],
                    seen=split.seen[rows], targets=split.targets[rows])

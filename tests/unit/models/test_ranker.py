@@ -17,7 +17,20 @@ def test_scores_every_candidate_with_two_heads(items):
     cand = torch.tensor([[3, 9, 10], [2, 5, 6]])
     logits = model(torch.randn(2, 16), hist, gaps, cand, torch.rand(2, 3), torch.tensor([[0.0, 3, 50], [1, 0, 0]]))
     assert logits.shape == (2, 3, 2) and torch.isfinite(logits).all()
-    assert Ranker.score(logits, 0.5).shape == (2, 3)
+    assert model.score(logits, torch.zeros(2, 3), 0.5).shape == (2, 3)
+
+
+def test_trend_boost_adds_the_log_trend_count_to_the_score(items):
+    from dataclasses import replace
+
+    model = Ranker(SPEC, items)
+    logits = torch.randn(1, 3, 2)
+    counts = torch.tensor([[0.0, 4, 60]])
+    plain = torch.sigmoid(logits[..., 0]) + 0.5 * torch.sigmoid(logits[..., 1])
+    assert torch.equal(model.score(logits, counts, 0.5), plain)  # trend_boost 0: the heads alone
+    model.spec = replace(SPEC, trend_boost=2.0)
+    boosted = model.score(logits, counts, 0.5)
+    assert torch.allclose(boosted - plain, 2.0 * torch.log1p(counts) / model.pop_scale)
 
 
 def test_affinities_count_what_the_history_says(items):
