@@ -12,7 +12,8 @@ offline evaluation and serving read it the same way:
 
 The ranker puts counts on the log scale of its popularity feature itself. The most-counted items
 are also a second candidate source beside retrieval (``append_trending``): the ranker can only
-promote what it is shown.
+promote what it is shown; and, so that it learns to order them, a source of training negatives
+(``TrendingPools``: each day's trending list, as the candidates of a request that day would hold).
 """
 
 from __future__ import annotations
@@ -77,6 +78,30 @@ def trending_order(counts: np.ndarray, eligible: np.ndarray | None = None) -> np
     ok = counts > 0 if eligible is None else (counts > 0) & eligible
     ids = np.flatnonzero(ok)
     return ids[np.argsort(-counts[ids], kind="stable")]
+
+
+@dataclass(frozen=True)
+class TrendingPools:
+    """The ``size`` most-counted items as of the start of every UTC day the log spans (row ``d`` is
+    day ``first_day + d``), 0-padded where fewer items had any interaction in the window."""
+
+    first_day: int  # days since the epoch of row 0
+    ids: np.ndarray  # int64 [days, size], trending order, 0 = no item
+
+    @classmethod
+    def daily(cls, trend: ItemTrend, window_days: float, size: int, n_items: int) -> TrendingPools:
+        ts = trend.keys & ((1 << _TS_BITS) - 1)
+        first, last = (int(ts.min()) // DAY_MS, int(ts.max()) // DAY_MS) if len(ts) else (0, 0)
+        ids = np.zeros((last - first + 1, size), dtype=np.int64)
+        for row, day in enumerate(range(first, last + 1)):
+            top = trending_order(trend.as_of(day * DAY_MS, window_days, n_items))[:size]
+            ids[row, :len(top)] = top
+        return cls(first_day=first, ids=ids)
+
+    def of(self, ts_ms: np.ndarray) -> np.ndarray:
+        """int64 ``[len(ts_ms), size]``: the pool of each timestamp's day (clipped to the log's days)."""
+        rows = np.clip(np.asarray(ts_ms, dtype=np.int64) // DAY_MS - self.first_day, 0, len(self.ids) - 1)
+        return self.ids[rows]
 
 
 def append_trending(cand: np.ndarray, trending: np.ndarray, n: int,

@@ -26,7 +26,7 @@ from torch import nn
 from rayrec.artifacts import load_bundle, load_optimizer_state, load_two_tower_model, read_meta, save_bundle
 from rayrec.config import RayrecConfig, TrainConfig
 from rayrec.features.items import ItemFeatureTable
-from rayrec.features.trend import DAY_MS, ItemTrend
+from rayrec.features.trend import DAY_MS, ItemTrend, TrendingPools
 from rayrec.models.losses import distillation_bce, in_batch_softmax_loss, multi_task_bce
 from rayrec.models.ranker import Ranker, RankerSpec
 from rayrec.models.two_tower import TwoTowerModel, TwoTowerSpec
@@ -257,6 +257,8 @@ def train_ranker(ctx: ModelContext, io: LoopIO, retrieval_dir: Path, begin: Rank
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.train.weight_decay)
     start, history = _resume(io, model, optimizer, "ranker", ctx.vocab_fingerprint)
     wrapped = io.wrap_model(model)
+    pools = (TrendingPools.daily(_trend(ctx), model.spec.trend_window_days, r.trending_negative_pool,
+                                 model.spec.n_items) if r.trending_negatives else None)
     meta = {"kind": "ranker", "spec": model.spec.to_dict(), "vocab_fingerprint": ctx.vocab_fingerprint,
             "retrieval_weights_sha256": read_meta(retrieval_dir)["weights_sha256"],
             "config": cfg.model_dump(mode="json", by_alias=True)}
@@ -270,6 +272,9 @@ def train_ranker(ctx: ModelContext, io: LoopIO, retrieval_dir: Path, begin: Rank
                 user = retrieval.user_embedding(batch["hist_items"], batch["hist_types"], batch["hist_gaps"],
                                                 batch["user_idx"])
                 cand, labels = _with_hard_negatives(batch, user, item_vecs, r.hard_negatives, r.hard_negative_pool)
+                if pools is not None:
+                    day_pools = torch.from_numpy(pools.of(batch["ts_ms"].cpu().numpy())).to(io.device)
+                    cand, labels = _with_trending_negatives(batch, cand, labels, day_pools, r.trending_negatives)
                 score = (user.unsqueeze(1) * item_vecs[cand]).sum(-1)
                 trend = _trend_counts(ctx, model.spec, cand, batch["ts_ms"], r.trend_staleness_days)
             with io.precision():
@@ -306,14 +311,18 @@ def _trend_counts(ctx: ModelContext, spec: RankerSpec, cand: torch.Tensor, ts_ms
                   staleness_days: float) -> torch.Tensor:
     """Each candidate's interactions in the trend window before its example's own time, or before a
     random moment up to ``staleness_days`` earlier."""
-    if ctx.trend is None:
-        raise ValueError("training the ranker needs ModelContext.trend (the training interactions)")
     at = ts_ms.cpu().numpy()
     if staleness_days > 0:
         lag = torch.rand(len(at)).numpy() * staleness_days * DAY_MS
         at = at - lag.astype(np.int64)
-    counts = ctx.trend.counts(cand.cpu().numpy(), at[:, None], spec.trend_window_days)
+    counts = _trend(ctx).counts(cand.cpu().numpy(), at[:, None], spec.trend_window_days)
     return torch.from_numpy(counts).to(cand.device)
+
+
+def _trend(ctx: ModelContext) -> ItemTrend:
+    if ctx.trend is None:
+        raise ValueError("training the ranker needs ModelContext.trend (the training interactions)")
+    return ctx.trend
 
 
 def _with_hard_negatives(batch: Batch, user: torch.Tensor, item_vecs: torch.Tensor, n_hard: int,
@@ -328,11 +337,26 @@ def _with_hard_negatives(batch: Batch, user: torch.Tensor, item_vecs: torch.Tens
     scores[:, :2] = -torch.inf
     top = scores.topk(min(pool, scores.shape[1] - 2), dim=1).indices
     picks = top.gather(1, torch.randint(0, top.shape[1], (len(top), n_hard), device=top.device))
-    # A positive's hard negative that happens to be the positive itself is replaced by padding
-    # id 0 and masked; negatives of negatives (viewed/random rows) are skipped the same way.
+    return _append_negatives(batch, own, labels, picks)
+
+
+def _with_trending_negatives(batch: Batch, cand: torch.Tensor, labels: torch.Tensor, pools: torch.Tensor,
+                             n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` more negatives per positive drawn from ``pools`` ([B, P], 0-padded on the right): the
+    items trending on each example's day, which a request that day gets as candidates beside
+    retrieval's; without them the ranker learns to tell trending items from random and retrieved
+    ones, not to order them (Online Retail: the fitted trend boost sat at the grid's top)."""
+    count = (pools > 0).sum(1, keepdim=True)
+    slots = (torch.rand(len(pools), n, device=pools.device) * count).long().clamp(max=pools.shape[1] - 1)
+    return _append_negatives(batch, cand, labels, pools.gather(1, slots))
+
+
+def _append_negatives(batch: Batch, cand: torch.Tensor, labels: torch.Tensor,
+                      picks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``picks`` [B, n] appended to ``cand`` as negatives of the positive examples."""
+    # A pick that is the example's own item becomes padding id 0, which the loss masks; so do the
+    # picks of negative examples (viewed/random rows: negatives of negatives teach nothing).
     is_pos = (batch["label_click"] > 0).unsqueeze(1)
-    valid = is_pos & (picks != own)
-    picks = torch.where(valid, picks, torch.zeros_like(picks))
-    cand = torch.cat([own, picks], 1)
-    neg_labels = torch.zeros(len(own), n_hard, 2, device=own.device)
-    return cand, torch.cat([labels, neg_labels], 1)
+    picks = torch.where(is_pos & (picks != batch["item_idx"].unsqueeze(1)), picks, torch.zeros_like(picks))
+    neg_labels = torch.zeros(len(cand), picks.shape[1], 2, device=cand.device)
+    return torch.cat([cand, picks], 1), torch.cat([labels, neg_labels], 1)

@@ -3,7 +3,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rayrec.features.trend import DAY_MS, ItemTrend, append_trending, trending_first, trending_order
+from rayrec.features.trend import (
+    DAY_MS,
+    ItemTrend,
+    TrendingPools,
+    append_trending,
+    trending_first,
+    trending_order,
+)
 
 T0 = 1_600_000_000_000
 
@@ -59,3 +66,16 @@ def test_trending_first_puts_allowed_trending_items_first_and_fills_with_the_row
     blocked = {0: {9}, 1: {5, 9}}
     out = trending_first(cand, trending, lambda row, ids: ~np.isin(ids, list(blocked[row])))
     assert out.tolist() == [[7, 5, 3, 1], [7, 2, 5, -1]]
+
+
+def test_trending_pools_hold_each_days_most_counted_items_as_of_its_start():
+    day = T0 // DAY_MS
+    # day 0: item 3 twice, item 2 once; day 1: item 2 three times
+    items = np.array([3, 3, 2, 2, 2, 2])
+    ts = np.array([0, 1, 2, DAY_MS, DAY_MS + 1, DAY_MS + 2]) + day * DAY_MS
+    pools = TrendingPools.daily(ItemTrend.from_events(items, ts), window_days=1, size=2, n_items=5)
+    assert pools.first_day == day
+    # as of day 0's start nothing has happened; as of day 1's, day 0's counts rank item 3 first
+    assert pools.ids.tolist() == [[0, 0], [3, 2]]
+    at = np.array([day * DAY_MS + 5, (day + 1) * DAY_MS, (day + 9) * DAY_MS, 0])
+    assert pools.of(at).tolist() == [[0, 0], [3, 2], [3, 2], [0, 0]]  # outside the log: its first/last day

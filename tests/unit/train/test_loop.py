@@ -1,4 +1,4 @@
-"""The training loops' learning-rate schedule."""
+"""The training loops' learning-rate schedule and trending negatives."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from rayrec.config import TrainConfig
-from rayrec.train.loop import set_scheduled_lr
+from rayrec.train.loop import _with_trending_negatives, set_scheduled_lr
 
 
 def _lr_curve(t: TrainConfig, epochs: int, steps: int | None) -> list[float]:
@@ -32,3 +32,18 @@ def test_cosine_decays_from_lr_to_its_floor_and_constant_stays():
 def test_cosine_without_the_steps_per_epoch_is_refused():
     with pytest.raises(ValueError, match="steps per epoch"):
         _lr_curve(TrainConfig(lr_schedule="cosine"), epochs=1, steps=None)
+
+
+def test_trending_negatives_come_from_each_positives_own_day_pool_and_never_its_item():
+    torch.manual_seed(0)
+    batch = {"item_idx": torch.tensor([5, 7, 9, 4]), "label_click": torch.tensor([1, 1, 0, 1])}
+    cand, labels = batch["item_idx"].unsqueeze(1), torch.tensor([[[1.0, 0.0]], [[1, 1]], [[0, 0]], [[1, 0]]])
+    pools = torch.tensor([[5, 6, 0], [8, 3, 7], [2, 3, 0], [0, 0, 0]])
+    out, out_labels = _with_trending_negatives(batch, cand, labels, pools, 50)
+    assert out.shape == (4, 51) and out_labels.shape == (4, 51, 2)
+    assert out[:, 0].tolist() == [5, 7, 9, 4] and out_labels[:, 0].tolist() == labels[:, 0].tolist()
+    assert (out_labels[:, 1:] == 0).all()
+    assert set(out[0, 1:].tolist()) == {0, 6}  # 0: the draws of its own item 5, masked as padding
+    assert set(out[1, 1:].tolist()) == {0, 8, 3}
+    assert set(out[2, 1:].tolist()) == {0}  # a negative example gets no negatives
+    assert set(out[3, 1:].tolist()) == {0}  # a day nothing trended
