@@ -24,5 +24,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The import contracts in .importlinter: the layers of ../shared/DESIGN.md, and serve loading no training code.
+lint: $(STAMP)
+	$(BIN)/lint-imports
+
 clean:
 	rm -rf data runs .pytest_cache

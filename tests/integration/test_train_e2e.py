@@ -16,7 +16,7 @@ from rayrec.features.trend import trending_order
 from rayrec.train.loop import load_two_tower
 from rayrec.train.offline import load_ranker, run_evaluation
 from rayrec.train.systems import TREND_BOOST_GRID, two_stage_metrics, two_stage_system
-from rayrec.train.trainer import load_context
+from rayrec.train.trainer import load_context, materialize, training_dataset
 
 pytestmark = pytest.mark.integration
 
@@ -29,6 +29,27 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(trained):
     assert started == [0, 1, 1, 2]  # epoch 1 redone once, epoch 0 not redone
     assert [int(m["epoch"]) for m in retrieval.metrics] == [0, 1, 2]
     assert retrieval.curves_png.stat().st_size > 0 and (retrieval.bundle / "metrics.csv").exists()
+
+
+def test_training_data_keeps_the_files_row_order_however_its_read_tasks_finish(trained, tmp_path):
+    """Blocks come out in completion order by default: a large first file then lands after small
+    later ones, and the same seed trains a different model (Online Retail's three files did)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    _, cfg, ctx, _, _ = trained
+    files = sorted((Path(cfg.preprocess.out_dir) / "events").glob("*.parquet"))
+    table = pa.concat_tables(pq.read_table(f) for f in files)
+    table = table.filter(pa.compute.and_(pa.compute.equal(table["split"], 0),  # rows the loader keeps
+                                         pa.compute.greater_equal(table["stage"], cfg.model.train_min_stage)))
+    events = tmp_path / "processed" / "events"
+    events.mkdir(parents=True)
+    parts = [pa.concat_tables([table] * 40), table.slice(0, 7), table.slice(7, 7)]
+    for i, part in enumerate(parts):
+        pq.write_table(part, events / f"part-{i}.parquet")
+    order_cfg = with_values(cfg, {"preprocess.out_dir": str(tmp_path / "processed")})
+    rows = materialize(training_dataset(order_cfg, "two_tower", ctx.manifest["history_length"]))
+    assert rows["item_idx"].tolist() == np.concatenate([p["item_idx"].to_numpy() for p in parts]).tolist()
 
 
 def test_checkpoints_load_safely_and_refuse_another_vocabulary(trained, tmp_path):

@@ -82,19 +82,35 @@ def _ranking_rows(table: pa.Table, length: int, viewed_negatives: bool) -> dict[
 
 
 def training_dataset(cfg: RayrecConfig, kind: str, history_length: int) -> Any:
-    """The train split as a Ray Dataset of fixed-size arrays, shuffled per epoch by the loop."""
+    """The train split as a Ray Dataset of fixed-size arrays in the files' row order (the loop
+    shuffles it per epoch with the configured seed)."""
     import ray
 
     processed = Path(cfg.preprocess.out_dir)
     if kind == "two_tower":
         ds = ray.data.read_parquet(str(processed / "events"), columns=[
             "item_idx", "user_idx", "split", "stage", "hist_items", "hist_types", "hist_gaps_s"])
-        return ds.map_batches(_retrieval_rows, batch_format="pyarrow",
-                              fn_kwargs={"length": history_length, "min_stage": cfg.model.train_min_stage})
-    ds = ray.data.read_parquet(str(processed / "ranking"), columns=[
-        "item_idx", "user_idx", "split", "negative", "hist_items", "hist_types", "hist_gaps_s", *RANKING_EXTRA])
-    return ds.map_batches(_ranking_rows, batch_format="pyarrow",
-                          fn_kwargs={"length": history_length, "viewed_negatives": cfg.ranker.viewed_negatives})
+        ds = ds.map_batches(_retrieval_rows, batch_format="pyarrow",
+                            fn_kwargs={"length": history_length, "min_stage": cfg.model.train_min_stage})
+    else:
+        ds = ray.data.read_parquet(str(processed / "ranking"), columns=[
+            "item_idx", "user_idx", "split", "negative", "hist_items", "hist_types", "hist_gaps_s",
+            *RANKING_EXTRA])
+        ds = ds.map_batches(_ranking_rows, batch_format="pyarrow",
+                            fn_kwargs={"length": history_length, "viewed_negatives": cfg.ranker.viewed_negatives})
+    # By default blocks come out in the order their tasks finish, which varies run to run once the
+    # data spans several read tasks (Online Retail): the same seed then trained different models.
+    ds.context.execution_options.preserve_order = True
+    return ds
+
+
+def _ordered_ingest() -> Any:
+    """Ray Train's default ingest options, with the dataset's block order kept into the workers."""
+    from ray.train import DataConfig
+
+    options = DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return DataConfig(execution_options=options)
 
 
 def _worker(config: dict[str, Any]) -> None:
@@ -186,6 +202,7 @@ def run_training(cfg: RayrecConfig, kind: str, ctx: ModelContext | None = None,
                              failure_config=FailureConfig(max_failures=t.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
         datasets={"train": data},
+        dataset_config=_ordered_ingest(),
     )
     result = trainer.fit()
     if result.checkpoint is None:
