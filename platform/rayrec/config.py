@@ -167,8 +167,9 @@ class RankerConfig(Section):
     purchase_weight: float = Field(0.5, ge=0, description="Weight of P(purchase) added to P(click) in the score.")
     trend_boost: float | None = Field(None, ge=0, description="Weight of the candidate's trend count (log scale, "
                                       "as the ranker reads it) added to the score, for every ranked request. null: "
-                                      "chosen after the last epoch among TREND_BOOST_GRID (train/systems.py) by "
-                                      "validation NDCG@20 of the two-stage system, and saved with the ranker (that "
+                                      "chosen after the last epoch among TREND_BOOST_GRID (train/systems.py): the smallest "
+                                      "whose validation NDCG@20 (two-stage) is within one standard error of the "
+                                      "best, and saved with the ranker (that "
                                       "epoch's valid metrics include it); a number fixes it (0: none).")
 
 
@@ -405,6 +406,10 @@ class ServeConfig(Section):
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body; larger ones get 413.")
     auth: ServeAuthConfig = Field(default_factory=ServeAuthConfig)
     use_ranker: bool = Field(True, description="Re-rank retrieved candidates (false: retrieval order).")
+    trend_boost: float | None = Field(None, ge=0, description="The trend boost the ranking replicas add (as "
+                                      "ranker.trend_boost), in place of the one fitted with the release's ranker: "
+                                      "a lower one gives more personal, more varied recommendations than the "
+                                      "validation NDCG@20 optimum. null: the ranker's own.")
     ranking_timeout_s: float = Field(1.0, gt=0, description="Longest wait for the ranking stage per batch; past "
                                      "it (or if ranking fails) the batch answers in retrieval order, reranked=false.")
     retry_after_s: float = Field(1.0, ge=0, description="Retry-After seconds sent with 503 when a stage's queue "

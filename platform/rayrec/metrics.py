@@ -98,25 +98,12 @@ def ranking_metrics(
     ``arp@K`` is reported only when ``item_popularity`` (length ``n_items``) is given. The result also
     holds ``users``: how many users had at least one target and were therefore averaged over.
     """
-    topk = np.asarray(topk)
-    if topk.ndim != 2:
-        raise ValueError(f"topk must be 2-D [users, K], got shape {topk.shape}")
+    topk, keep, n_rel, real, hits = _judged(topk, targets, ks, first_real_id)
+    n_items = targets.shape[1]
     kmax = topk.shape[1]
-    if any(k < 1 or k > kmax for k in ks):
-        raise ValueError(f"every K must be in 1..{kmax} (the width of topk), got {list(ks)}")
-    csr = _as_binary_csr(targets)
-    n_items = csr.shape[1]
-    n_rel = np.diff(csr.indptr)
-    keep = n_rel > 0
-    topk, csr, n_rel = topk[keep], csr[keep], n_rel[keep].astype(np.float64)
-    # Only the first occurrence of a real id counts, so duplicates cannot push recall above 1.
-    real = (topk >= first_real_id) & (topk < n_items) & first_occurrence(topk)
-    hits = membership(topk, csr) & real
-
-    discount = 1.0 / np.log2(np.arange(2, kmax + 2))  # rank j (1-based) -> 1/log2(j+1)
-    ideal_cum = np.cumsum(discount)
+    ideal_cum = np.cumsum(_discount(kmax))
     hits_cum = np.cumsum(hits, axis=1)
-    dcg_cum = np.cumsum(hits * discount, axis=1)
+    dcg_cum = np.cumsum(hits * _discount(kmax), axis=1)
     pct = None if item_popularity is None else popularity_percentile(item_popularity, first_real_id)
     if pct is not None and pct.shape[0] != n_items:
         raise ValueError(f"item_popularity has {pct.shape[0]} entries, targets have {n_items} items")
@@ -140,6 +127,37 @@ def ranking_metrics(
     first_rank = np.argmax(hits, axis=1) + 1
     out["mrr"] = _mean(np.where(any_hit, 1.0 / first_rank, 0.0))
     return out
+
+
+def user_ndcg(topk: np.ndarray, targets: sp.spmatrix | sp.sparray, k: int,
+              first_real_id: int = FIRST_REAL_ID) -> np.ndarray:
+    """NDCG@k of each user with at least one target, in row order: the values ``ranking_metrics``
+    averages, for a standard error or a paired comparison of two rankings of the same users."""
+    topk, _, n_rel, _, hits = _judged(topk, targets, (k,), first_real_id)
+    dcg = (hits[:, :k] * _discount(k)).sum(axis=1)
+    return dcg / np.cumsum(_discount(k))[np.minimum(n_rel, k).astype(np.int64) - 1]
+
+
+def _discount(kmax: int) -> np.ndarray:
+    return 1.0 / np.log2(np.arange(2, kmax + 2))  # rank j (1-based) -> 1/log2(j+1)
+
+
+def _judged(topk: np.ndarray, targets: sp.spmatrix | sp.sparray, ks: Sequence[int],
+            first_real_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(topk, keep, n_rel, real, hits) restricted to the users with a target (``keep`` marks them)."""
+    topk = np.asarray(topk)
+    if topk.ndim != 2:
+        raise ValueError(f"topk must be 2-D [users, K], got shape {topk.shape}")
+    kmax = topk.shape[1]
+    if any(k < 1 or k > kmax for k in ks):
+        raise ValueError(f"every K must be in 1..{kmax} (the width of topk), got {list(ks)}")
+    csr = _as_binary_csr(targets)
+    n_rel = np.diff(csr.indptr)
+    keep = n_rel > 0
+    topk, csr, n_rel = topk[keep], csr[keep], n_rel[keep].astype(np.float64)
+    # Only the first occurrence of a real id counts, so duplicates cannot push recall above 1.
+    real = (topk >= first_real_id) & (topk < csr.shape[1]) & first_occurrence(topk)
+    return topk, keep, n_rel, real, membership(topk, csr) & real
 
 
 def _mean(values: np.ndarray) -> float:

@@ -11,8 +11,9 @@ from rayrec.serve.launch import start_serving
 
 
 @pytest.fixture(scope="module")
-def served(trained, tmp_path_factory, serve_port):
-    """(base URL, config, release folder) of a real local Serve app with one replica per stage."""
+def served(trained, tmp_path_factory, serve_port, request):
+    """(base URL, config, release folder) of a real local Serve app with one replica per stage; a test
+    module's ``SERVE_OVERRIDES`` (config values) apply on top."""
     from ray import serve
 
     root, cfg, _, _, _ = trained
@@ -22,7 +23,7 @@ def served(trained, tmp_path_factory, serve_port):
         "serve.release_dir": str(out / "releases"), "serve.port": serve_port, "serve.app_name": "rayrec-test",
         "serve.retrieval": small, "serve.ranking": small, "serve.max_k": 50,
         "serve.feature_store.dir": str(out / "store"), "serve.feature_store.num_cpus": 0.01,
-        "serve.candidates": 30, "search.semantic": True,
+        "serve.candidates": 30, "search.semantic": True, **getattr(request.module, "SERVE_OVERRIDES", {}),
     })  # fmt: skip
     release = build_release(cfg)
     base = start_serving(cfg, timeout_s=240)

@@ -79,9 +79,8 @@ def test_the_ranking_replica_adds_the_rankers_trend_boost(served):
     query = RecommendQuery(user_id=h["user_id"], k=7)
     batch = core.candidates([query], [history], max(h["ts_ms"]), cfg.serve.candidates, n_trending=20)
     payload = batch.ranking_payload(core.version)
+    plain = RankingCore(release, cfg.ranker.purchase_weight, trend_boost=0.0).score(payload)  # serve.trend_boost
     ranking = RankingCore(release, cfg.ranker.purchase_weight)
-    ranking.model.spec = dataclasses.replace(ranking.model.spec, trend_boost=0.0)
-    plain = ranking.score(payload)
     ranking.model.spec = dataclasses.replace(ranking.model.spec, trend_boost=2.0)
     valid = batch.cand >= 0
     counts = np.load(release / TREND)[batch.cand[valid]]

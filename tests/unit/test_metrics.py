@@ -10,7 +10,7 @@ import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rayrec.metrics import first_occurrence, membership, popularity_percentile, ranking_metrics
+from rayrec.metrics import first_occurrence, membership, popularity_percentile, ranking_metrics, user_ndcg
 
 
 def targets_of(rows: list[list[int]], n_items: int) -> sp.csr_matrix:
@@ -58,6 +58,16 @@ def test_two_users_padding_and_a_user_without_targets_by_hand():
     assert m["coverage@3"] == pytest.approx(4 / 5)  # {2, 4, 3, 6}; -1 is no item
     assert m["arp@1"] == pytest.approx((0.25 + 0.0) / 2)
     assert m["arp@3"] == pytest.approx(((0.25 + 0.5 + 1.0) / 3 + 0.0) / 2)  # u1's only real item: 6
+
+
+def test_user_ndcg_is_each_judged_users_value_of_the_mean():
+    topk = np.array([[2, 4, 3], [6, -1, -1], [5, 5, 5]])
+    targets = targets_of([[3], [2, 6], []], 7)
+    per_user = user_ndcg(topk, targets, 3)
+    # as in the test above: u0 .5, u1 1 / (1 + 1/log2(3)); u2 has no target and no value
+    assert per_user == pytest.approx([0.5, 1 / (1 + 1 / math.log2(3))])
+    assert per_user.mean() == pytest.approx(ranking_metrics(topk, targets, ks=(3,))["ndcg@3"])
+    assert user_ndcg(topk, targets, 1) == pytest.approx([0.0, 1.0])
 
 
 def test_repeated_ids_count_once_and_reserved_ids_never_hit():

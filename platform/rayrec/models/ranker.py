@@ -137,9 +137,9 @@ class Ranker(nn.Module):
 
         Why a boost beside the learned trend input: trained on the retrieval top-K and random items,
         the ranker rarely meets trending items as negatives and under-weights the trend among the
-        candidates it serves (retrieval + trending). The right weight depends on the shop (validation
-        NDCG@20 of the two-stage system: Online Retail best at 0.5, +29%; MovieLens at 2, +7%; the
-        synthetic demo at 0), so training fits it per dataset (``train.systems.fit_trend_boost``)."""
+        candidates it serves (retrieval + trending). The right weight depends on the shop (Online Retail
+        wants a small one, MovieLens a large one), so training fits it per dataset on validation
+        (``train.systems.fit_trend_boost``)."""
         p = torch.sigmoid(logits)
         s = p[..., 0] + purchase_weight * p[..., 1]
         if self.spec.trend_boost:

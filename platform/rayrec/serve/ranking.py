@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,7 @@ log = logging.getLogger(__name__)
 
 class RankingCore:
     def __init__(self, release_dir: Path, purchase_weight: float, device: str = "cpu",
-                 torchscript: bool = True) -> None:
+                 torchscript: bool = True, trend_boost: float | None = None) -> None:
         release_dir = Path(release_dir)
         release = verify_release(release_dir)
         if not release.get("has_ranker"):
@@ -44,6 +46,8 @@ class RankingCore:
         items = ItemFeatureTable.from_parquet(release_dir / ITEMS, release["n_items"], release["title_tokens"])
         self.device = torch.device(device)
         self.model = load_ranker_model(release_dir / "ranker", items, release["vocab_fingerprint"]).to(self.device)
+        if trend_boost is not None:
+            self.model.spec = replace(self.model.spec, trend_boost=trend_boost)
         # As of the release's build: events posted since then do not move the counts until the next release.
         self.trend = torch.as_tensor(np.load(release_dir / TREND), device=self.device)
         self.scorer = inference_graph(self.model) if torchscript else self.model.eval()
@@ -101,9 +105,9 @@ class Ranking:
         cfg = ServeConfig.model_validate(serve_cfg)
         set_threads(cfg.ranking.threads)
         self.device = replica_device(cfg.ranking.num_gpus)
-        self.purchase_weight = purchase_weight
-        self.torchscript = cfg.ranking.torchscript
-        self.core = RankingCore(Path(release_dir), purchase_weight, self.device, self.torchscript)
+        self._load = partial(RankingCore, purchase_weight=purchase_weight, device=self.device,
+                             torchscript=cfg.ranking.torchscript, trend_boost=cfg.trend_boost)
+        self.core = self._load(Path(release_dir))
         self._release_root = Path(release_dir).parent
         self._other: RankingCore | None = None  # the release rolling in or out beside this one
         self._loading = asyncio.Lock()
@@ -130,8 +134,7 @@ class Ranking:
             if self._other is None or self._other.version != version:
                 try:
                     release = resolve_release(self._release_root, version)
-                    self._other = await asyncio.to_thread(RankingCore, release, self.purchase_weight, self.device,
-                                                          self.torchscript)
+                    self._other = await asyncio.to_thread(self._load, release)
                 except (ArtifactError, FileNotFoundError) as e:
                     log.warning("cannot rank for release %s beside %s: %s", version, self.core.version, e)
                     return None
@@ -142,5 +145,6 @@ class Ranking:
         import ray
 
         return {"version": self.core.version, "compression": self.core.compression, "device": str(self.core.device),
+                "trend_boost": self.core.model.spec.trend_boost,
                 "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
                 "replica": serve.get_replica_context().replica_id.unique_id}
