@@ -216,7 +216,8 @@ def _print_trend_boost(bundle: Path) -> None:
     if fit:
         chosen = meta["spec"]["trend_boost"]
         grid = ", ".join(f"{b}: {m['valid_ndcg@20']:.4f}" for b, m in fit.items())
-        console.print(f"  trend boost {chosen:g}, the smallest within one standard error of the best valid NDCG@20 ({grid})")
+        console.print(f"  trend boost {chosen:g}, the smallest within one standard error of the best valid "
+                      f"NDCG@20 ({grid})")
 
 
 @app.command()

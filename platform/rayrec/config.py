@@ -167,10 +167,10 @@ class RankerConfig(Section):
     purchase_weight: float = Field(0.5, ge=0, description="Weight of P(purchase) added to P(click) in the score.")
     trend_boost: float | None = Field(None, ge=0, description="Weight of the candidate's trend count (log scale, "
                                       "as the ranker reads it) added to the score, for every ranked request. null: "
-                                      "chosen after the last epoch among TREND_BOOST_GRID (train/systems.py): the smallest "
-                                      "whose validation NDCG@20 (two-stage) is within one standard error of the "
-                                      "best, and saved with the ranker (that "
-                                      "epoch's valid metrics include it); a number fixes it (0: none).")
+                                      "chosen after the last epoch among TREND_BOOST_GRID (train/systems.py): the "
+                                      "smallest whose validation NDCG@20 (two-stage) is within one standard error "
+                                      "of the best, and saved with the ranker (that epoch's valid metrics include "
+                                      "it); a number fixes it (0: none).")
 
 
 class CompressConfig(Section):

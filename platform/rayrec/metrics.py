@@ -101,9 +101,10 @@ def ranking_metrics(
     topk, keep, n_rel, real, hits = _judged(topk, targets, ks, first_real_id)
     n_items = targets.shape[1]
     kmax = topk.shape[1]
-    ideal_cum = np.cumsum(_discount(kmax))
+    discount = _discount(kmax)
+    ideal_cum = np.cumsum(discount)
     hits_cum = np.cumsum(hits, axis=1)
-    dcg_cum = np.cumsum(hits * _discount(kmax), axis=1)
+    dcg_cum = np.cumsum(hits * discount, axis=1)
     pct = None if item_popularity is None else popularity_percentile(item_popularity, first_real_id)
     if pct is not None and pct.shape[0] != n_items:
         raise ValueError(f"item_popularity has {pct.shape[0]} entries, targets have {n_items} items")

@@ -31,7 +31,7 @@ from rayrec.models.losses import distillation_bce, in_batch_softmax_loss, multi_
 from rayrec.models.ranker import Ranker, RankerSpec
 from rayrec.models.two_tower import TwoTowerModel, TwoTowerSpec
 from rayrec.train.evaluate import EvalSplit
-from rayrec.train.systems import fit_trend_boost, retrieval_metrics, two_stage_metrics
+from rayrec.train.systems import VALID_KS, fit_trend_boost, retrieval_metrics, two_stage_metrics
 
 Batch = dict[str, torch.Tensor]
 METRICS_CSV = "metrics.csv"
@@ -220,7 +220,7 @@ def train_retrieval(ctx: ModelContext, io: LoopIO) -> None:
                    "samples_per_s": seen / max(time.perf_counter() - t0, 1e-9),
                    "temperature": float(model.temperature.detach())}
         if io.rank == 0 and ctx.valid is not None:
-            metrics.update(retrieval_metrics(model, ctx.valid, cfg.train.eval_users, (20, 50), cfg.evaluate.exclude_seen))
+            metrics.update(retrieval_metrics(model, ctx.valid, cfg.train.eval_users, VALID_KS, cfg.evaluate.exclude_seen))
         _end_epoch(io, model, optimizer, meta, history, metrics)
 
 

@@ -129,6 +129,9 @@ def _left_pack(rows: np.ndarray) -> np.ndarray:
     return np.where(np.take_along_axis(keep, order, axis=1), np.take_along_axis(rows, order, axis=1), -1)
 
 
+VALID_KS = (20, 50)  # the K of the validation Recall/NDCG reported every epoch
+
+
 def retrieval_metrics(model: TwoTowerModel, split: EvalSplit, max_users: int, ks: Sequence[int],
                       exclude_seen: bool) -> dict[str, float]:
     """Validation Recall@K / NDCG@K on (a deterministic subset of) the split's users."""
@@ -143,7 +146,7 @@ def two_stage_system(retrieval: TwoTowerModel, ranker: Ranker, cfg: RayrecConfig
 
 
 def two_stage_metrics(retrieval: TwoTowerModel, ranker: Ranker, split: EvalSplit, cfg: RayrecConfig,
-                      max_users: int, ks: Sequence[int] = (20, 50)) -> dict[str, float]:
+                      max_users: int, ks: Sequence[int] = VALID_KS) -> dict[str, float]:
     """Validation Recall@K / NDCG@K of retrieval followed by ``ranker``."""
     system = two_stage_system(retrieval, ranker, cfg)
     return validation_metrics(system, [retrieval, ranker], split, max_users, ks, cfg.evaluate.exclude_seen)
@@ -166,9 +169,9 @@ def fit_trend_boost(retrieval: TwoTowerModel, ranker: Ranker, split: EvalSplit, 
     fit, per_user = {}, {}
     for boost in TREND_BOOST_GRID:
         ranker.spec = replace(ranker.spec, trend_boost=boost)
-        top = _recommend(two_stage_system(retrieval, ranker, cfg), [retrieval, ranker], split, 50,
+        top = _recommend(two_stage_system(retrieval, ranker, cfg), [retrieval, ranker], split, max(VALID_KS),
                          cfg.evaluate.exclude_seen)
-        fit[boost] = _metrics(top, split, (20, 50))
+        fit[boost] = _metrics(top, split, VALID_KS)
         per_user[boost] = user_ndcg(top, split.targets, 20)
     ranker.spec = replace(ranker.spec, trend_boost=smallest_within_one_se(per_user))
     return fit
