@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 from rayrec.config import RayrecConfig
 from rayrec.data import sources
 from rayrec.data.examples import SPLIT_NAMES, USER_BUCKET, ExampleSpec, build_user_examples, mark_duplicates, user_bucket
+from rayrec.data.ordered_parquet import write_ordered_parquet
 from rayrec.data.validate import REASON_CODE, EventValidator, validate_catalog
 from rayrec.features.transforms import category_prefixes, price_bucket, price_bucket_edges, tokenize
 from rayrec.features.vocab import Vocabulary, encode_token_lists, vocab_set_fingerprint
@@ -98,6 +99,17 @@ def _search_tokens(df: pd.DataFrame) -> pd.DataFrame:
     queries = df.loc[df["event_type"] == "search", "query"]
     tokens = sorted({t for q in queries for t in tokenize(q)})
     return pd.DataFrame({"token": tokens})
+
+
+BUCKET_ROW = "bucket_row"
+
+
+def _bucket_examples(df: pd.DataFrame, spec: ExampleSpec) -> pa.Table:
+    """One bucket's examples with their place in the canonical order: (bucket, row as built)."""
+    table = build_user_examples(df, spec)
+    n = table.num_rows
+    return (table.append_column(USER_BUCKET, pa.array(np.full(n, df[USER_BUCKET].iloc[0], np.int32)))
+            .append_column(BUCKET_ROW, pa.array(np.arange(n, dtype=np.int32))))
 
 
 def _drop_kind_columns(df: pd.DataFrame, kind: str, keep: tuple[str, ...]) -> pd.DataFrame:
@@ -301,14 +313,18 @@ def run_preprocess(cfg: RayrecConfig, on_stage: StageCallback = lambda _: None) 
         tokens=pd.Index(vocabs["tokens"].values), cutoffs_ms=cutoffs, history_length=p.history_length,
         random_negatives=p.random_negatives, seed=p.seed, history_gap_s=p.history_gap_s,
     )  # fmt: skip
+    # Sorted because the buckets leave the groupby's shuffle in arrival order, which changes with what
+    # else the process ran; the ranker reads its examples in file order, so the order is part of the data.
     examples = (kept.groupby(USER_BUCKET)
-                .map_groups(build_user_examples, batch_format="pandas", fn_kwargs={"spec": spec})
+                .map_groups(_bucket_examples, batch_format="pandas", fn_kwargs={"spec": spec})
+                .sort([USER_BUCKET, BUCKET_ROW])
                 .materialize())
     del kept, unique
     split_counts = examples.groupby(["kind", "split"]).count().to_pandas()
     for kind, columns in OUTPUTS.items():
-        (examples.map_batches(_drop_kind_columns, batch_format="pandas", fn_kwargs={"kind": kind, "keep": columns})
-         .write_parquet(str(out / OUTPUT_DIRS[kind])))
+        write_ordered_parquet(examples.map_batches(_drop_kind_columns, batch_format="pandas",
+                                                   fn_kwargs={"kind": kind, "keep": columns}),
+                              out / OUTPUT_DIRS[kind])
     time_ranges = _split_time_ranges(examples)
 
     on_stage("writing the item table and manifest")
