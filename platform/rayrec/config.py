@@ -229,6 +229,10 @@ class TrainConfig(Section):
     storage_path: str | None = Field(None, description="Ray Train checkpoint storage (null: <out_dir>/ray).")
     epochs: int = Field(4, ge=1, description="Epochs of retrieval training.")
     ranker_epochs: int = Field(3, ge=1, description="Epochs of ranker training.")
+    include_valid: bool = Field(False, description="Also learn from the validation split: the refit after the "
+                                "settings (epochs, ranker.trend_boost) were chosen on it, for the test evaluation "
+                                "or a production model. No validation metrics are computed then, so tune and "
+                                "compress, which select on them, need it false.")
     batch_size: int = Field(512, ge=2, description="Per-worker batch size (in-batch negatives come from it).")
     lr: float = Field(2e-3, gt=0, description="AdamW learning rate.")
     lr_schedule: Literal["constant", "cosine"] = Field("constant", description="Learning rate over a run's steps "
@@ -465,6 +469,14 @@ class RayrecConfig(Section):
     ray: RayConfig = Field(default_factory=RayConfig)
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _refit_has_its_boost(self) -> "RayrecConfig":
+        if self.train.include_valid and self.ranker.trend_boost is None:
+            raise ValueError("train.include_valid needs a number for ranker.trend_boost: null chooses it on the "
+                             "validation split, which the models then learn from. Set the boost the train-only run "
+                             "chose (spec.trend_boost in its ranker's meta.json).")
+        return self
 
     def fingerprint(self) -> str:
         """Short hash of the settings that shape the processed data (not where it is written)."""

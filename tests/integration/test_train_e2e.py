@@ -52,6 +52,32 @@ def test_training_data_keeps_the_files_row_order_however_its_read_tasks_finish(t
     assert rows["item_idx"].tolist() == np.concatenate([p["item_idx"].to_numpy() for p in parts]).tolist()
 
 
+@pytest.mark.parametrize("kind", ["two_tower", "ranker"])
+def test_a_refit_learns_from_the_validation_split_too(trained, kind):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def read(folder: str) -> pa.Table:
+        return pa.concat_tables(pq.read_table(f) for f in sorted((Path(cfg.preprocess.out_dir) / folder).glob("*.parquet")))
+
+    _, cfg, _, _, _ = trained
+    event_splits = read("events")["split"].to_numpy()
+    table = read("events" if kind == "two_tower" else "ranking")
+    if kind == "two_tower":
+        table = table.filter(pa.compute.greater_equal(table["stage"], cfg.model.train_min_stage))
+    if kind == "ranker" and not cfg.ranker.viewed_negatives:
+        table = table.filter(pa.compute.not_equal(table["negative"], "viewed"))
+    splits = table["split"].to_numpy()
+    refit = with_values(cfg, {"train.include_valid": True, "ranker.trend_boost": 1.0})
+    for c, last_split in ((cfg, 0), (refit, 1)):
+        ctx = load_context(c)
+        assert (ctx.valid is None) == (last_split == 1)  # no validation metrics on data it learned from
+        rows = materialize(training_dataset(c, kind, ctx.manifest["history_length"]))
+        assert len(rows["item_idx"]) == int((splits <= last_split).sum())
+        assert len(ctx.trend.keys) == int((event_splits <= last_split).sum())  # trend features and negatives
+    assert (splits == 1).sum() > 0
+
+
 def test_checkpoints_load_safely_and_refuse_another_vocabulary(trained, tmp_path):
     _, _, ctx, retrieval, ranker = trained
     state, meta = load_bundle(retrieval.bundle, "two_tower", ctx.vocab_fingerprint)

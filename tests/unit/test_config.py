@@ -49,6 +49,12 @@ def test_fractions_must_leave_training_data():
         load_config(None, ["preprocess.valid_fraction=0.45", "preprocess.test_fraction=0.45"])
 
 
+def test_a_refit_on_validation_needs_the_boost_chosen_there():
+    with pytest.raises(ConfigError, match=r"train\.include_valid needs a number for ranker\.trend_boost"):
+        load_config(None, ["train.include_valid=true"])
+    assert load_config(None, ["train.include_valid=true", "ranker.trend_boost=0.5"]).ranker.trend_boost == 0.5
+
+
 def test_fingerprint_ignores_output_names_but_not_settings():
     a = load_config(None, ["name=a"])
     b = load_config(None, ["name=b"])

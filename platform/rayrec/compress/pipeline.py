@@ -20,7 +20,7 @@ from rayrec.compress.measure import model_size_bytes, parameter_count, scoring_l
 from rayrec.compress.prune import GradualMagnitudePruner, make_permanent, ranker_prune_targets
 from rayrec.compress.quantize import INT8_DYNAMIC
 from rayrec.compress.shrink import ShrinkRatios, shrink_ranker, structured_record
-from rayrec.config import CompressConfig
+from rayrec.config import CompressConfig, ConfigError
 from rayrec.models.ranker import Ranker
 from rayrec.train.loop import LoopIO, ModelContext, RankerStart, load_two_tower, train_ranker
 from rayrec.train.offline import load_ranker
@@ -113,6 +113,8 @@ def run_compression(ctx: ModelContext, models_dir: Path, out_dir: Path | None = 
                     io: LoopIO | None = None) -> dict[str, Any]:
     """The stage: compress ``<models_dir>/ranker`` into ``out_dir`` and measure dense vs compressed."""
     c = ctx.cfg.compress
+    if ctx.cfg.train.include_valid:
+        raise ConfigError("compression is judged on the validation split: set train.include_valid=false")
     retrieval_dir, ranker_dir = models_dir / "two_tower", models_dir / "ranker"
     out = out_dir or Path(c.out_dir or models_dir / "ranker_compressed")
     dense = load_ranker(ctx, ranker_dir)

@@ -47,9 +47,14 @@ def load_context(cfg: RayrecConfig, with_valid: bool = True) -> ModelContext:
     items = ItemFeatureTable.from_parquet(processed / "items.parquet", manifest["vocab_sizes"]["items"],
                                           cfg.preprocess.title_tokens)
     valid = (load_eval_split(processed, "valid", manifest["history_length"], cfg.evaluate.min_stage)
-             if with_valid else None)
+             if with_valid and not cfg.train.include_valid else None)
     return ModelContext(cfg=cfg, manifest=manifest, items=items, valid=valid,
-                        trend=ItemTrend.from_parquet(processed / "events", last_split=0))
+                        trend=ItemTrend.from_parquet(processed / "events", last_split=last_fit_split(cfg)))
+
+
+def last_fit_split(cfg: RayrecConfig) -> int:
+    """The last split the models learn from: 0 = train, 1 = train and valid (``train.include_valid``)."""
+    return 1 if cfg.train.include_valid else 0
 
 
 def _mask_own_item(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -66,15 +71,15 @@ def _mask_own_item(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return rows
 
 
-def _retrieval_rows(table: pa.Table, length: int, min_stage: int) -> dict[str, np.ndarray]:
-    """Train-split engagements at ``min_stage`` or later, own item masked."""
-    mask = (table.column("split").to_numpy() == 0) & (table.column("stage").to_numpy() >= min_stage)
+def _retrieval_rows(table: pa.Table, length: int, min_stage: int, last_split: int) -> dict[str, np.ndarray]:
+    """Engagements at ``min_stage`` or later in the splits up to ``last_split``, own item masked."""
+    mask = (table.column("split").to_numpy() <= last_split) & (table.column("stage").to_numpy() >= min_stage)
     return _mask_own_item(example_inputs(table.filter(pa.array(mask)), length))
 
 
-def _ranking_rows(table: pa.Table, length: int, viewed_negatives: bool) -> dict[str, np.ndarray]:
-    """Train-split ranking examples (positives and their negatives alike), own item masked."""
-    mask = table.column("split").to_numpy() == 0
+def _ranking_rows(table: pa.Table, length: int, viewed_negatives: bool, last_split: int) -> dict[str, np.ndarray]:
+    """Ranking examples (positives and their negatives alike) in the splits up to ``last_split``, own item masked."""
+    mask = table.column("split").to_numpy() <= last_split
     if not viewed_negatives:
         mask &= table.column("negative").to_numpy(zero_copy_only=False) != "viewed"
     rows = example_inputs(table.filter(pa.array(mask)), length, extra=RANKING_EXTRA)
@@ -82,7 +87,7 @@ def _ranking_rows(table: pa.Table, length: int, viewed_negatives: bool) -> dict[
 
 
 def training_dataset(cfg: RayrecConfig, kind: str, history_length: int) -> Any:
-    """The train split as a Ray Dataset of fixed-size arrays in the files' row order (the loop
+    """The training splits as a Ray Dataset of fixed-size arrays in the files' row order (the loop
     shuffles it per epoch with the configured seed)."""
     import ray
 
@@ -91,13 +96,15 @@ def training_dataset(cfg: RayrecConfig, kind: str, history_length: int) -> Any:
         ds = ray.data.read_parquet(str(processed / "events"), columns=[
             "item_idx", "user_idx", "split", "stage", "hist_items", "hist_types", "hist_gaps_s"])
         ds = ds.map_batches(_retrieval_rows, batch_format="pyarrow",
-                            fn_kwargs={"length": history_length, "min_stage": cfg.model.train_min_stage})
+                            fn_kwargs={"length": history_length, "min_stage": cfg.model.train_min_stage,
+                                       "last_split": last_fit_split(cfg)})
     else:
         ds = ray.data.read_parquet(str(processed / "ranking"), columns=[
             "item_idx", "user_idx", "split", "negative", "hist_items", "hist_types", "hist_gaps_s",
             *RANKING_EXTRA])
         ds = ds.map_batches(_ranking_rows, batch_format="pyarrow",
-                            fn_kwargs={"length": history_length, "viewed_negatives": cfg.ranker.viewed_negatives})
+                            fn_kwargs={"length": history_length, "viewed_negatives": cfg.ranker.viewed_negatives,
+                                       "last_split": last_fit_split(cfg)})
     # By default blocks come out in the order their tasks finish, which varies run to run once the
     # data spans several read tasks (Online Retail): the same seed then trained different models.
     ds.context.execution_options.preserve_order = True

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rayrec.config import RayrecConfig, SearchDimension, with_values
+from rayrec.config import ConfigError, RayrecConfig, SearchDimension, with_values
 from rayrec.train.trainer import load_context, materialize, run_training, training_dataset
 from rayrec.tune.report import (LATENCY, QUALITY, TrialRow, choose, pareto_front, plot_pareto, write_chosen_config,
                                 write_markdown)
@@ -96,6 +96,8 @@ def _tuner(cfg: RayrecConfig, out: Path, retrieval: Path | None, resume: bool) -
 def run_tune(cfg: RayrecConfig, resume: bool = False) -> TuneOutcome:
     if not cfg.tune.space:
         raise ValueError("tune.space is empty: give at least one dimension (see configs/demo.yaml)")
+    if cfg.train.include_valid:
+        raise ConfigError("tune selects on the validation split: set train.include_valid=false (refit afterwards)")
     out = Path(cfg.tune.out_dir or Path(cfg.train.out_dir) / "tune").resolve()
     out.mkdir(parents=True, exist_ok=True)
     grid = _tuner(cfg, out, _shared_retrieval(cfg), resume).fit()
