@@ -313,8 +313,8 @@ def run_preprocess(cfg: RayrecConfig, on_stage: StageCallback = lambda _: None) 
         tokens=pd.Index(vocabs["tokens"].values), cutoffs_ms=cutoffs, history_length=p.history_length,
         random_negatives=p.random_negatives, seed=p.seed, history_gap_s=p.history_gap_s,
     )  # fmt: skip
-    # Sorted because the buckets leave the groupby's shuffle in arrival order, which changes with what
-    # else the process ran; the ranker reads its examples in file order, so the order is part of the data.
+    # Sorted because the buckets leave the groupby's shuffle in the order it finishes them, which
+    # nothing fixes; the ranker reads its examples in file order, so the order is part of the data.
     examples = (kept.groupby(USER_BUCKET)
                 .map_groups(_bucket_examples, batch_format="pandas", fn_kwargs={"spec": spec})
                 .sort([USER_BUCKET, BUCKET_ROW])
