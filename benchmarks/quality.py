@@ -17,10 +17,8 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
-
 from rich.console import Console
 from rich.table import Table
 
@@ -29,6 +27,7 @@ from rayrec.config import RayrecConfig, load_config
 from rayrec.data.preprocess import run_preprocess
 from rayrec.data.synthetic import generate
 from rayrec.runtime import init_ray
+from rayrec.train.loop import ModelContext
 from rayrec.train.offline import run_evaluation
 from rayrec.train.trainer import load_context, run_training
 
@@ -54,7 +53,7 @@ def dataset_config(name: str, extra: list[str] | None = None) -> RayrecConfig:
     return cfg
 
 
-def _train_both(cfg: RayrecConfig) -> tuple[Any, Path]:
+def _train_both(cfg: RayrecConfig) -> tuple[ModelContext, Path]:
     """Both models under ``cfg.train.out_dir``; returns the context and the ranker's bundle."""
     ctx = load_context(cfg)
     retrieval = run_training(cfg, "two_tower", ctx)

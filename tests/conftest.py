@@ -15,6 +15,14 @@ SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
+def read_parquet_in_order(directory: Path):
+    """Every Parquet file in ``directory``, concatenated in file-name order (the order training reads)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    return pa.concat_tables([pq.read_table(f) for f in sorted(Path(directory).glob("*.parquet"))])
+
+
 def shared_dataset(name: str) -> Path:
     path = SHARED_DATASETS / name
     if not path.exists():

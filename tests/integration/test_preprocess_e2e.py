@@ -15,7 +15,7 @@ from rayrec.data.examples import user_bucket
 from rayrec.data.preprocess import run_preprocess
 from rayrec.data.synthetic import generate
 from rayrec.features.vocab import Vocabulary
-from tests.conftest import REPO
+from tests.conftest import REPO, read_parquet_in_order
 
 pytestmark = pytest.mark.integration
 
@@ -86,18 +86,15 @@ def test_vocabularies_are_stable_across_runs(tiny, tmp_path):
         assert (root / "out" / "vocab" / f"{name}.json").read_text() == (tmp_path / "again" / "vocab" / f"{name}.json").read_text()
     assert again["outputs"] == manifest["outputs"]
     for output in ("events", "ranking", "search"):  # row order too: the ranker trains in file order
-        assert _read_in_order(root / "out" / output).equals(_read_in_order(tmp_path / "again" / output))
-
-
-def _read_in_order(directory: Path) -> pa.Table:
-    return pa.concat_tables([pq.read_table(f) for f in sorted(directory.glob("*.parquet"))]).combine_chunks()
+        assert read_parquet_in_order(root / "out" / output).combine_chunks().equals(
+            read_parquet_in_order(tmp_path / "again" / output).combine_chunks())
 
 
 def test_examples_are_written_in_bucket_order(tiny):
     root, _, _ = tiny
     users = np.array(Vocabulary.load(root / "out" / "vocab", "users").values, dtype=object)
     for output in ("events", "ranking"):
-        user_idx = _read_in_order(root / "out" / output).column("user_idx").to_numpy()
+        user_idx = read_parquet_in_order(root / "out" / output).column("user_idx").to_numpy()
         buckets = user_bucket(pd.Series(users[user_idx]), _config(root / "raw", root / "out").preprocess.user_buckets)
         assert len(np.unique(buckets)) > 1
         assert (np.diff(buckets) >= 0).all(), f"{output}: user buckets out of order"

@@ -17,6 +17,7 @@ from rayrec.train.loop import load_two_tower
 from rayrec.train.offline import load_ranker, run_evaluation
 from rayrec.train.systems import TREND_BOOST_GRID, two_stage_metrics, two_stage_system
 from rayrec.train.trainer import load_context, materialize, training_dataset
+from tests.conftest import read_parquet_in_order
 
 pytestmark = pytest.mark.integration
 
@@ -38,8 +39,7 @@ def test_training_data_keeps_the_files_row_order_however_its_read_tasks_finish(t
     import pyarrow.parquet as pq
 
     _, cfg, ctx, _, _ = trained
-    files = sorted((Path(cfg.preprocess.out_dir) / "events").glob("*.parquet"))
-    table = pa.concat_tables(pq.read_table(f) for f in files)
+    table = read_parquet_in_order(Path(cfg.preprocess.out_dir) / "events")
     table = table.filter(pa.compute.and_(pa.compute.equal(table["split"], 0),  # rows the loader keeps
                                          pa.compute.greater_equal(table["stage"], cfg.model.train_min_stage)))
     events = tmp_path / "processed" / "events"
@@ -55,14 +55,11 @@ def test_training_data_keeps_the_files_row_order_however_its_read_tasks_finish(t
 @pytest.mark.parametrize("kind", ["two_tower", "ranker"])
 def test_a_refit_learns_from_the_validation_split_too(trained, kind):
     import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    def read(folder: str) -> pa.Table:
-        return pa.concat_tables(pq.read_table(f) for f in sorted((Path(cfg.preprocess.out_dir) / folder).glob("*.parquet")))
 
     _, cfg, _, _, _ = trained
-    event_splits = read("events")["split"].to_numpy()
-    table = read("events" if kind == "two_tower" else "ranking")
+    processed = Path(cfg.preprocess.out_dir)
+    event_splits = read_parquet_in_order(processed / "events")["split"].to_numpy()
+    table = read_parquet_in_order(processed / ("events" if kind == "two_tower" else "ranking"))
     if kind == "two_tower":
         table = table.filter(pa.compute.greater_equal(table["stage"], cfg.model.train_min_stage))
     if kind == "ranker" and not cfg.ranker.viewed_negatives:

@@ -91,20 +91,20 @@ def training_dataset(cfg: RayrecConfig, kind: str, history_length: int) -> Any:
     shuffles it per epoch with the configured seed)."""
     import ray
 
-    processed = Path(cfg.preprocess.out_dir)
+    processed, last_split = Path(cfg.preprocess.out_dir), last_fit_split(cfg)
     if kind == "two_tower":
         ds = ray.data.read_parquet(str(processed / "events"), columns=[
             "item_idx", "user_idx", "split", "stage", "hist_items", "hist_types", "hist_gaps_s"])
         ds = ds.map_batches(_retrieval_rows, batch_format="pyarrow",
                             fn_kwargs={"length": history_length, "min_stage": cfg.model.train_min_stage,
-                                       "last_split": last_fit_split(cfg)})
+                                       "last_split": last_split})
     else:
         ds = ray.data.read_parquet(str(processed / "ranking"), columns=[
             "item_idx", "user_idx", "split", "negative", "hist_items", "hist_types", "hist_gaps_s",
             *RANKING_EXTRA])
         ds = ds.map_batches(_ranking_rows, batch_format="pyarrow",
                             fn_kwargs={"length": history_length, "viewed_negatives": cfg.ranker.viewed_negatives,
-                                       "last_split": last_fit_split(cfg)})
+                                       "last_split": last_split})
     # By default blocks come out in the order their tasks finish, which varies run to run once the
     # data spans several read tasks (Online Retail): the same seed then trained different models.
     ds.context.execution_options.preserve_order = True

@@ -6,13 +6,9 @@ from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from rayrec.data.ordered_parquet import OrderedParquetDatasink, write_ordered_parquet
-
-
-def _read_in_order(directory) -> pa.Table:
-    return pa.concat_tables([pq.read_table(f) for f in sorted(directory.glob("*.parquet"))])
+from tests.conftest import read_parquet_in_order
 
 
 def test_rows_come_back_in_the_datasets_order(ray_local, tmp_path):
@@ -21,7 +17,7 @@ def test_rows_come_back_in_the_datasets_order(ray_local, tmp_path):
     ds = ray_local.data.range(600_000, override_num_blocks=6).map_batches(
         lambda b: {"id": b["id"], "payload": np.sqrt(b["id"])}, batch_size=None)
     write_ordered_parquet(ds, tmp_path / "out")
-    table = _read_in_order(tmp_path / "out")
+    table = read_parquet_in_order(tmp_path / "out")
     assert len(list((tmp_path / "out").glob("*.parquet"))) > 1
     assert np.array_equal(table.column("id").to_numpy(), np.arange(600_000))
 
@@ -31,7 +27,7 @@ def test_a_block_of_nulls_joins_its_files_schema(tmp_path):
     sink.on_write_start()
     blocks = [pa.table({"i": [0, 1], "negative": pa.nulls(2)}), pa.table({"i": [2], "negative": ["random"]})]
     sink.write(blocks, SimpleNamespace(task_idx=7))
-    table = _read_in_order(tmp_path / "out")
+    table = read_parquet_in_order(tmp_path / "out")
     assert [f.name for f in (tmp_path / "out").iterdir()] == ["part-000007.parquet"]
     assert table.column("i").to_pylist() == [0, 1, 2]
     assert table.column("negative").to_pylist() == [None, None, "random"]
