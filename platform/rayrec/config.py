@@ -126,8 +126,10 @@ class TwoTowerConfig(Section):
                                 "replaced by 'unknown', which trains the cold-start path.")
     temperature: float = Field(0.07, gt=0, description="Softmax temperature (initial value when learnable).")
     learn_temperature: bool = Field(True, description="Learn the temperature rather than fix it.")
-    logq_correction: bool = Field(True, description="Subtract log sampling probability from in-batch logits.")
-    uniform_negatives: int = Field(0, ge=0, description="Extra uniformly sampled negatives per batch.")
+    logq_correction: bool = Field(True, description="Subtract the log sampling probability from every logit "
+                                  "(in-batch and uniform negatives: their mixture's).")
+    uniform_negatives: int = Field(0, ge=0, description="Extra uniformly sampled negatives per batch, shared by "
+                                   "its rows: they reach the catalog's tail, which in-batch negatives rarely do.")
 
 
 class RankerConfig(Section):
@@ -164,6 +166,12 @@ class RankerConfig(Section):
                                     "two-stage system 0.087 → 0.095; README: Training).")
     trending_negative_pool: int = Field(50, ge=1, description="How many of each day's most-counted items trending "
                                         "negatives come from (as many as a request gets as trending candidates).")
+    serving_pool_only: bool = Field(False, description="Train on what a request ranks: only positives that "
+                                    "were in the serving pool (the retrieval top-evaluate.candidates or the day's "
+                                    "trending_negative_pool items) carry loss, with their hard and trending "
+                                    "negatives; random-negative rows carry none (so set preprocess.random_negatives: "
+                                    "0). Otherwise the ranker learns to tell the pool from the rest of the catalog, "
+                                    "which serving never asks (Online Retail: README, Training).")
     purchase_weight: float = Field(0.5, ge=0, description="Weight of P(purchase) added to P(click) in the score.")
     trend_boost: float | None = Field(None, ge=0, description="Weight of the candidate's trend count (log scale, "
                                       "as the ranker reads it) added to the score, for every ranked request. null: "
@@ -469,6 +477,13 @@ class RayrecConfig(Section):
     ray: RayConfig = Field(default_factory=RayConfig)
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _serving_pool_has_no_view_negatives(self) -> "RayrecConfig":
+        if self.ranker.serving_pool_only and self.ranker.viewed_negatives:
+            raise ValueError("ranker.serving_pool_only trains on positives and their pool negatives only, so "
+                             "ranker.viewed_negatives would carry no loss: set one of them to false.")
+        return self
 
     @model_validator(mode="after")
     def _refit_has_its_boost(self) -> "RayrecConfig":

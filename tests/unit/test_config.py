@@ -55,6 +55,12 @@ def test_a_refit_on_validation_needs_the_boost_chosen_there():
     assert load_config(None, ["train.include_valid=true", "ranker.trend_boost=0.5"]).ranker.trend_boost == 0.5
 
 
+def test_training_on_the_serving_pool_refuses_view_negatives_it_would_ignore():
+    with pytest.raises(ConfigError, match=r"ranker\.serving_pool_only .* ranker\.viewed_negatives"):
+        load_config(None, ["ranker.serving_pool_only=true", "ranker.viewed_negatives=true"])
+    assert load_config(None, ["ranker.serving_pool_only=true"]).ranker.serving_pool_only
+
+
 def test_fingerprint_ignores_output_names_but_not_settings():
     a = load_config(None, ["name=a"])
     b = load_config(None, ["name=b"])

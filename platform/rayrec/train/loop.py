@@ -27,7 +27,7 @@ from rayrec.artifacts import load_bundle, load_optimizer_state, load_two_tower_m
 from rayrec.config import RayrecConfig, TrainConfig
 from rayrec.features.items import ItemFeatureTable
 from rayrec.features.trend import DAY_MS, ItemTrend, TrendingPools
-from rayrec.models.losses import distillation_bce, in_batch_softmax_loss, multi_task_bce
+from rayrec.models.losses import distillation_bce, in_batch_softmax_loss, mixed_log_q, multi_task_bce
 from rayrec.models.ranker import Ranker, RankerSpec
 from rayrec.models.two_tower import TwoTowerModel, TwoTowerSpec
 from rayrec.train.evaluate import EvalSplit
@@ -95,9 +95,10 @@ def ranker_spec(ctx: ModelContext) -> RankerSpec:
                       trend_window_days=r.trend_window_days, trend_boost=r.trend_boost or 0.0)
 
 
-def _log_q(items: ItemFeatureTable) -> torch.Tensor:
+def _item_prob(items: ItemFeatureTable) -> torch.Tensor:
+    """Each item's share of the training positives: how in-batch negatives are sampled."""
     counts = items.popularity + 1.0  # +1: never log(0) for an item absent from training
-    return torch.as_tensor(np.log(counts / counts.sum()), dtype=torch.float32)
+    return torch.as_tensor(counts / counts.sum(), dtype=torch.float64)
 
 
 def _maybe_inject_fault(io: LoopIO, epoch: int, batch_no: int) -> None:
@@ -191,7 +192,8 @@ def train_retrieval(ctx: ModelContext, io: LoopIO) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     start, history = _resume(io, model, optimizer, "two_tower", ctx.vocab_fingerprint)
     wrapped = io.wrap_model(model)
-    log_q = _log_q(ctx.items).to(io.device)
+    item_prob = _item_prob(ctx.items).to(io.device)
+    n_uniform = cfg.model.uniform_negatives
     meta = {"kind": "two_tower", "spec": spec.to_dict(), "vocab_fingerprint": ctx.vocab_fingerprint,
             "config": cfg.model_dump(mode="json", by_alias=True)}
     for epoch in range(start, cfg.train.epochs):
@@ -203,13 +205,13 @@ def train_retrieval(ctx: ModelContext, io: LoopIO) -> None:
             with io.precision():
                 user, item = wrapped(batch["hist_items"], batch["hist_types"], batch["hist_gaps"], batch["user_idx"],
                                      batch["item_idx"])
-                extra = None
-                if cfg.model.uniform_negatives:
-                    ids = torch.randint(2, spec.n_items, (cfg.model.uniform_negatives,), device=io.device)
-                    extra = model.item_embedding(ids)
+                ids = torch.randint(2, spec.n_items, (n_uniform,), device=io.device) if n_uniform else None
+                extra = model.item_embedding(ids).float() if ids is not None else None
+                log_q = mixed_log_q(item_prob, len(batch["item_idx"]), n_uniform, spec.n_items - 2)
+                correct = cfg.model.logq_correction
                 loss = in_batch_softmax_loss(user.float(), item.float(), batch["item_idx"], model.temperature,
-                                             log_q[batch["item_idx"]] if cfg.model.logq_correction else None,
-                                             None if extra is None else extra.float())
+                                             log_q[batch["item_idx"]] if correct else None, extra, ids,
+                                             log_q[ids] if correct and ids is not None else None)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             set_scheduled_lr(optimizer, cfg.train, cfg.train.lr, cfg.train.epochs, epoch, i, io.steps_per_epoch)
@@ -279,7 +281,11 @@ def train_ranker(ctx: ModelContext, io: LoopIO, retrieval_dir: Path, begin: Rank
                 trend = _trend_counts(ctx, model.spec, cand, batch["ts_ms"], r.trend_staleness_days)
             with io.precision():
                 logits = wrapped(user, batch["hist_items"], batch["hist_gaps_s"], cand, score, trend)
-            real = (cand > 0).reshape(-1, 1).float()  # masked hard-negative slots carry no loss
+            real = (cand > 0).float()  # masked hard-negative slots carry no loss
+            if r.serving_pool_only:
+                real = real * _in_serving_pool(batch, user, item_vecs, day_pools if pools is not None else None,
+                                               cfg.evaluate.candidates).unsqueeze(1)
+            real = real.reshape(-1, 1)
             flat, targets = logits.float().reshape(-1, 2), labels.reshape(-1, 2)
             if begin and begin.teacher is not None and begin.distill > 0:
                 with torch.no_grad():
@@ -333,11 +339,27 @@ def _with_hard_negatives(batch: Batch, user: torch.Tensor, item_vecs: torch.Tens
     labels = torch.stack([batch["label_click"], batch["label_purchase"]], -1).unsqueeze(1).float()
     if n_hard == 0:
         return own, labels
-    scores = user @ item_vecs.T
-    scores[:, :2] = -torch.inf
-    top = scores.topk(min(pool, scores.shape[1] - 2), dim=1).indices
+    top = _retrieval_top(user, item_vecs, pool)
     picks = top.gather(1, torch.randint(0, top.shape[1], (len(top), n_hard), device=top.device))
     return _append_negatives(batch, own, labels, picks)
+
+
+def _retrieval_top(user: torch.Tensor, item_vecs: torch.Tensor, k: int) -> torch.Tensor:
+    """[B, k] ids of the retrieval model's top ``k`` real items (never padding/unknown) per user."""
+    scores = user @ item_vecs.T
+    scores[:, :2] = -torch.inf
+    return scores.topk(min(k, scores.shape[1] - 2), dim=1).indices
+
+
+def _in_serving_pool(batch: Batch, user: torch.Tensor, item_vecs: torch.Tensor, day_pools: torch.Tensor | None,
+                     n_retrieved: int) -> torch.Tensor:
+    """[B] 1.0 for positive examples whose item a request would have put before the ranker (the
+    retrieval top-``n_retrieved`` or the day's trending pool), else 0.0."""
+    own = batch["item_idx"].unsqueeze(1)
+    hit = (_retrieval_top(user, item_vecs, n_retrieved) == own).any(1)
+    if day_pools is not None:
+        hit = hit | (day_pools == own).any(1)
+    return (hit & (batch["label_click"] > 0)).float()
 
 
 def _with_trending_negatives(batch: Batch, cand: torch.Tensor, labels: torch.Tensor, pools: torch.Tensor,

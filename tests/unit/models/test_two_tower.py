@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import torch
 
-from rayrec.models.losses import in_batch_softmax_loss
+from rayrec.models.losses import in_batch_softmax_loss, mixed_log_q
 from rayrec.models.two_tower import TwoTowerModel, TwoTowerSpec
 from tests.unit.models.conftest import N_ITEMS
 
@@ -78,3 +78,22 @@ def test_logq_correction_changes_the_loss_and_masks_repeated_items():
     logits = user @ item[[0, 0, 2, 3]].T / t
     logits[0, 1] = logits[1, 0] = torch.finfo(logits.dtype).min
     assert torch.isclose(dup, torch.nn.functional.cross_entropy(logits, torch.arange(4)))
+
+
+def test_uniform_negatives_are_corrected_by_the_mixture_and_never_the_rows_own_item():
+    torch.manual_seed(0)
+    user = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+    item = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+    extra = torch.nn.functional.normalize(torch.randn(2, 8), dim=-1)
+    ids, extra_ids, t = torch.tensor([2, 3, 4]), torch.tensor([3, 6]), torch.tensor(0.1)
+    prob = torch.tensor([0.0, 0.0, 0.5, 0.3, 0.1, 0.05, 0.05], dtype=torch.float64)
+    log_q = mixed_log_q(prob, batch_size=3, uniform=2, n_items=5)
+    # per in-batch draw: p + M / (B N), so an item's two ways into the negatives add up
+    assert torch.allclose(log_q, torch.log(prob + 2 / 15).float())
+    assert torch.allclose(mixed_log_q(prob[2:], 3, 0, 5), torch.log(prob[2:]).float())
+    loss = in_batch_softmax_loss(user, item, ids, t, log_q[ids], extra, extra_ids, log_q[extra_ids])
+    logits = torch.cat([user @ item.T / t - log_q[ids], user @ extra.T / t - log_q[extra_ids]], dim=1)
+    logits[1, 3] = torch.finfo(logits.dtype).min  # row 1's own item (3) drawn as an extra negative
+    assert torch.isclose(loss, torch.nn.functional.cross_entropy(logits, torch.arange(3)))
+    # uncorrected extras would sit log(1/q) lower than the in-batch logits: a different loss
+    assert not torch.isclose(loss, in_batch_softmax_loss(user, item, ids, t, log_q[ids], extra, extra_ids))

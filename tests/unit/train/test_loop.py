@@ -1,4 +1,4 @@
-"""The training loops' learning-rate schedule and trending negatives."""
+"""The training loops' learning-rate schedule, trending negatives and the serving-pool filter."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from rayrec.config import TrainConfig
-from rayrec.train.loop import _with_trending_negatives, set_scheduled_lr
+from rayrec.train.loop import _in_serving_pool, _with_trending_negatives, set_scheduled_lr
 
 
 def _lr_curve(t: TrainConfig, epochs: int, steps: int | None) -> list[float]:
@@ -47,3 +47,16 @@ def test_trending_negatives_come_from_each_positives_own_day_pool_and_never_its_
     assert set(out[1, 1:].tolist()) == {0, 8, 3}
     assert set(out[2, 1:].tolist()) == {0}  # a negative example gets no negatives
     assert set(out[3, 1:].tolist()) == {0}  # a day nothing trended
+
+
+def test_serving_pool_keeps_positives_a_request_would_rank_and_no_negative_rows():
+    # items 0/1 are padding/unknown; user 0 scores items 2 > 3 > 4 > 5 > 6, user 1 the reverse order
+    item_vecs = torch.tensor([[9.0], [9.0], [5.0], [4.0], [3.0], [2.0], [1.0]])
+    user = torch.tensor([[1.0], [-1.0], [1.0], [1.0], [1.0]])
+    batch = {"item_idx": torch.tensor([3, 3, 6, 6, 2]), "label_click": torch.tensor([1, 1, 1, 1, 0])}
+    pools = torch.tensor([[0, 0], [0, 0], [0, 0], [6, 0], [0, 0]])  # row 3's day had item 6 trending
+    kept = _in_serving_pool(batch, user, item_vecs, pools, n_retrieved=2)
+    # row 0: 3 is in user 0's top 2 (2, 3); row 1: user 1's top 2 are 6, 5; row 2: 6 is neither retrieved
+    # nor trending; row 3: trending that day; row 4: a negative row, whatever its item
+    assert kept.tolist() == [1.0, 0.0, 0.0, 1.0, 0.0]
+    assert _in_serving_pool(batch, user, item_vecs, None, n_retrieved=2).tolist() == [1.0, 0.0, 0.0, 0.0, 0.0]
