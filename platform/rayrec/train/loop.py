@@ -260,7 +260,7 @@ def train_ranker(ctx: ModelContext, io: LoopIO, retrieval_dir: Path, begin: Rank
     start, history = _resume(io, model, optimizer, "ranker", ctx.vocab_fingerprint)
     wrapped = io.wrap_model(model)
     pools = (TrendingPools.daily(_trend(ctx), model.spec.trend_window_days, r.trending_negative_pool,
-                                 model.spec.n_items) if r.trending_negatives else None)
+                                 model.spec.n_items) if r.trending_negatives or r.serving_pool_only else None)
     meta = {"kind": "ranker", "spec": model.spec.to_dict(), "vocab_fingerprint": ctx.vocab_fingerprint,
             "retrieval_weights_sha256": read_meta(retrieval_dir)["weights_sha256"],
             "config": cfg.model_dump(mode="json", by_alias=True)}
@@ -274,8 +274,9 @@ def train_ranker(ctx: ModelContext, io: LoopIO, retrieval_dir: Path, begin: Rank
                 user = retrieval.user_embedding(batch["hist_items"], batch["hist_types"], batch["hist_gaps"],
                                                 batch["user_idx"])
                 cand, labels = _with_hard_negatives(batch, user, item_vecs, r.hard_negatives, r.hard_negative_pool)
-                if pools is not None:
-                    day_pools = torch.from_numpy(pools.of(batch["ts_ms"].cpu().numpy())).to(io.device)
+                day_pools = (None if pools is None else
+                             torch.from_numpy(pools.of(batch["ts_ms"].cpu().numpy())).to(io.device))
+                if day_pools is not None and r.trending_negatives:
                     cand, labels = _with_trending_negatives(batch, cand, labels, day_pools, r.trending_negatives)
                 score = (user.unsqueeze(1) * item_vecs[cand]).sum(-1)
                 trend = _trend_counts(ctx, model.spec, cand, batch["ts_ms"], r.trend_staleness_days)
@@ -283,8 +284,7 @@ def train_ranker(ctx: ModelContext, io: LoopIO, retrieval_dir: Path, begin: Rank
                 logits = wrapped(user, batch["hist_items"], batch["hist_gaps_s"], cand, score, trend)
             real = (cand > 0).float()  # masked hard-negative slots carry no loss
             if r.serving_pool_only:
-                real = real * _in_serving_pool(batch, user, item_vecs, day_pools if pools is not None else None,
-                                               cfg.evaluate.candidates).unsqueeze(1)
+                real = real * _in_serving_pool(batch, user, item_vecs, day_pools, cfg.evaluate.candidates).unsqueeze(1)
             real = real.reshape(-1, 1)
             flat, targets = logits.float().reshape(-1, 2), labels.reshape(-1, 2)
             if begin and begin.teacher is not None and begin.distill > 0:
