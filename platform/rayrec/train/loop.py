@@ -207,11 +207,14 @@ def train_retrieval(ctx: ModelContext, io: LoopIO) -> None:
                                      batch["item_idx"])
                 ids = torch.randint(2, spec.n_items, (n_uniform,), device=io.device) if n_uniform else None
                 extra = model.item_embedding(ids).float() if ids is not None else None
-                log_q = mixed_log_q(item_prob, len(batch["item_idx"]), n_uniform, spec.n_items - 2)
-                correct = cfg.model.logq_correction
+                log_q = extra_log_q = None
+                if cfg.model.logq_correction:  # only the batch's and the extras' items, not the catalog
+                    b = len(batch["item_idx"])
+                    log_q = mixed_log_q(item_prob[batch["item_idx"]], b, n_uniform, spec.n_items - 2)
+                    if ids is not None:
+                        extra_log_q = mixed_log_q(item_prob[ids], b, n_uniform, spec.n_items - 2)
                 loss = in_batch_softmax_loss(user.float(), item.float(), batch["item_idx"], model.temperature,
-                                             log_q[batch["item_idx"]] if correct else None, extra, ids,
-                                             log_q[ids] if correct and ids is not None else None)
+                                             log_q, extra, ids, extra_log_q)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             set_scheduled_lr(optimizer, cfg.train, cfg.train.lr, cfg.train.epochs, epoch, i, io.steps_per_epoch)
@@ -273,7 +276,10 @@ def train_ranker(ctx: ModelContext, io: LoopIO, retrieval_dir: Path, begin: Rank
             with torch.no_grad():
                 user = retrieval.user_embedding(batch["hist_items"], batch["hist_types"], batch["hist_gaps"],
                                                 batch["user_idx"])
-                cand, labels = _with_hard_negatives(batch, user, item_vecs, r.hard_negatives, r.hard_negative_pool)
+                # One retrieval top-k per batch, for the hard negatives and the serving-pool test alike.
+                k = max(r.hard_negative_pool, cfg.evaluate.candidates) if r.serving_pool_only else r.hard_negative_pool
+                top = _retrieval_top(user, item_vecs, k) if r.hard_negatives or r.serving_pool_only else None
+                cand, labels = _with_hard_negatives(batch, top, r.hard_negative_pool, r.hard_negatives)
                 day_pools = (None if pools is None else
                              torch.from_numpy(pools.of(batch["ts_ms"].cpu().numpy())).to(io.device))
                 if day_pools is not None and r.trending_negatives:
@@ -284,7 +290,8 @@ def train_ranker(ctx: ModelContext, io: LoopIO, retrieval_dir: Path, begin: Rank
                 logits = wrapped(user, batch["hist_items"], batch["hist_gaps_s"], cand, score, trend)
             real = (cand > 0).float()  # masked hard-negative slots carry no loss
             if r.serving_pool_only:
-                real = real * _in_serving_pool(batch, user, item_vecs, day_pools, cfg.evaluate.candidates).unsqueeze(1)
+                assert top is not None  # computed whenever serving_pool_only is on
+                real = real * _in_serving_pool(batch, top[:, :cfg.evaluate.candidates], day_pools).unsqueeze(1)
             real = real.reshape(-1, 1)
             flat, targets = logits.float().reshape(-1, 2), labels.reshape(-1, 2)
             if begin and begin.teacher is not None and begin.distill > 0:
@@ -331,32 +338,32 @@ def _trend(ctx: ModelContext) -> ItemTrend:
     return ctx.trend
 
 
-def _with_hard_negatives(batch: Batch, user: torch.Tensor, item_vecs: torch.Tensor, n_hard: int,
-                         pool: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _with_hard_negatives(batch: Batch, top: torch.Tensor | None, pool: int,
+                         n_hard: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Candidates [B, 1 + n_hard] and labels [B, 1 + n_hard, 2]: the example's own item first, then
-    ``n_hard`` items drawn from the retrieval top-``pool`` (never the example's item) for positives."""
+    ``n_hard`` items drawn from the first ``pool`` of ``top`` (the retrieval top-K per row, best first;
+    never the example's item) for positives."""
     own = batch["item_idx"].unsqueeze(1)
     labels = torch.stack([batch["label_click"], batch["label_purchase"]], -1).unsqueeze(1).float()
-    if n_hard == 0:
+    if n_hard == 0 or top is None:
         return own, labels
-    top = _retrieval_top(user, item_vecs, pool)
+    top = top[:, :pool]
     picks = top.gather(1, torch.randint(0, top.shape[1], (len(top), n_hard), device=top.device))
     return _append_negatives(batch, own, labels, picks)
 
 
 def _retrieval_top(user: torch.Tensor, item_vecs: torch.Tensor, k: int) -> torch.Tensor:
-    """[B, k] ids of the retrieval model's top ``k`` real items (never padding/unknown) per user."""
+    """[B, k] ids of the retrieval model's top ``k`` real items (never padding/unknown) per user, best first."""
     scores = user @ item_vecs.T
     scores[:, :2] = -torch.inf
     return scores.topk(min(k, scores.shape[1] - 2), dim=1).indices
 
 
-def _in_serving_pool(batch: Batch, user: torch.Tensor, item_vecs: torch.Tensor, day_pools: torch.Tensor | None,
-                     n_retrieved: int) -> torch.Tensor:
-    """[B] 1.0 for positive examples whose item a request would have put before the ranker (the
-    retrieval top-``n_retrieved`` or the day's trending pool), else 0.0."""
+def _in_serving_pool(batch: Batch, retrieved: torch.Tensor, day_pools: torch.Tensor | None) -> torch.Tensor:
+    """[B] 1.0 for positive examples whose item a request would have put before the ranker (among the
+    ``retrieved`` ids [B, k] or the day's trending pool), else 0.0."""
     own = batch["item_idx"].unsqueeze(1)
-    hit = (_retrieval_top(user, item_vecs, n_retrieved) == own).any(1)
+    hit = (retrieved == own).any(1)
     if day_pools is not None:
         hit = hit | (day_pools == own).any(1)
     return (hit & (batch["label_click"] > 0)).float()

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from rayrec.config import TrainConfig
-from rayrec.train.loop import _in_serving_pool, _with_trending_negatives, set_scheduled_lr
+from rayrec.train.loop import _in_serving_pool, _retrieval_top, _with_trending_negatives, set_scheduled_lr
 
 
 def _lr_curve(t: TrainConfig, epochs: int, steps: int | None) -> list[float]:
@@ -55,8 +55,9 @@ def test_serving_pool_keeps_positives_a_request_would_rank_and_no_negative_rows(
     user = torch.tensor([[1.0], [-1.0], [1.0], [1.0], [1.0]])
     batch = {"item_idx": torch.tensor([3, 3, 6, 6, 2]), "label_click": torch.tensor([1, 1, 1, 1, 0])}
     pools = torch.tensor([[0, 0], [0, 0], [0, 0], [6, 0], [0, 0]])  # row 3's day had item 6 trending
-    kept = _in_serving_pool(batch, user, item_vecs, pools, n_retrieved=2)
+    top2 = _retrieval_top(user, item_vecs, 2)
+    kept = _in_serving_pool(batch, top2, pools)
     # row 0: 3 is in user 0's top 2 (2, 3); row 1: user 1's top 2 are 6, 5; row 2: 6 is neither retrieved
     # nor trending; row 3: trending that day; row 4: a negative row, whatever its item
     assert kept.tolist() == [1.0, 0.0, 0.0, 1.0, 0.0]
-    assert _in_serving_pool(batch, user, item_vecs, None, n_retrieved=2).tolist() == [1.0, 0.0, 0.0, 0.0, 0.0]
+    assert _in_serving_pool(batch, top2, None).tolist() == [1.0, 0.0, 0.0, 0.0, 0.0]
