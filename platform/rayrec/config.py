@@ -137,6 +137,9 @@ class RankerConfig(Section):
     cross_layers: int = Field(2, ge=0, description="DCN-v2 cross layers.")
     cross_rank: int = Field(32, ge=1, description="Rank of the low-rank cross weight matrices.")
     deep_layers: list[int] = Field(default_factory=lambda: [128, 64], description="Widths of the deep tower.")
+    title_affinity: bool = Field(True, description="Two more inputs: the share of a candidate's title (words "
+                                 "weighted by rarity in the catalog) found in the titles of the user's recent items, "
+                                 "anywhere and per item on average (models.ranker; README, Training).")
     trend_window_days: float = Field(7.0, gt=0, description="The ranker's trend feature counts each candidate's "
                                      "interactions in this many days before the request (before each example in "
                                      "training, before the cutoff in evaluation, before the end of the log a "

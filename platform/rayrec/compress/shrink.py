@@ -24,7 +24,7 @@ from torch import nn
 
 from rayrec.compress.prune import is_reparametrised
 from rayrec.features.items import ItemFeatureTable
-from rayrec.models.ranker import N_DENSE, Ranker
+from rayrec.models.ranker import Ranker
 from rayrec.models.two_tower import TwoTowerModel
 
 EMBEDDING_TABLES = ("item_emb", "cat_emb", "brand_emb", "price_emb")  # x0 order after the user vector
@@ -84,12 +84,12 @@ def _embedding_column_scores(model: Ranker) -> torch.Tensor:
     return scores
 
 
-def _x0_positions(user_dim: int, dim: int, columns: torch.Tensor) -> torch.Tensor:
+def _x0_positions(user_dim: int, dim: int, n_dense: int, columns: torch.Tensor) -> torch.Tensor:
     """Positions of x0 kept when the embedding columns ``columns`` are kept: all of the user vector,
     those columns of each of the four embeddings, all dense features."""
     parts = [torch.arange(user_dim)]
     parts += [user_dim + t * dim + columns for t in range(len(EMBEDDING_TABLES))]
-    parts.append(torch.arange(user_dim + 4 * dim, user_dim + 4 * dim + N_DENSE))
+    parts.append(torch.arange(user_dim + 4 * dim, user_dim + 4 * dim + n_dense))
     return torch.cat(parts)
 
 
@@ -108,7 +108,7 @@ def shrink_ranker(model: Ranker, ratios: ShrinkRatios, items: ItemFeatureTable) 
         raise ValueError("model carries pruning masks; call make_permanent(model) before shrinking")
     spec = model.spec
     columns = top_units(_embedding_column_scores(model), kept_count(spec.dim, ratios.embedding_dim))
-    positions = _x0_positions(spec.user_dim, spec.dim, columns)
+    positions = _x0_positions(spec.user_dim, spec.dim, spec.n_dense, columns)
     rank = kept_count(spec.cross_rank, ratios.cross_rank)
     ranks = [top_units(_unit_scores(c.down.weight, c.up.weight).cpu(), rank) for c in model.cross]
     linears = _deep_linears(model)

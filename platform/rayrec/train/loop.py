@@ -92,7 +92,8 @@ def ranker_spec(ctx: ModelContext) -> RankerSpec:
     return RankerSpec(n_items=v["items"], n_categories=v["categories"], n_brands=v["brands"],
                       n_price_buckets=len(ctx.manifest["price_bucket_edges"]) + 2, user_dim=ctx.cfg.model.dim,
                       dim=r.dim, cross_layers=r.cross_layers, cross_rank=r.cross_rank, deep_layers=list(r.deep_layers),
-                      trend_window_days=r.trend_window_days, trend_boost=r.trend_boost or 0.0)
+                      trend_window_days=r.trend_window_days, trend_boost=r.trend_boost or 0.0,
+                      title_affinity=r.title_affinity)
 
 
 def _item_prob(items: ItemFeatureTable) -> torch.Tensor:

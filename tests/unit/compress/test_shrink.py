@@ -5,7 +5,7 @@ import torch
 
 from rayrec.compress.measure import parameter_count
 from rayrec.compress.shrink import ShrinkRatios, shrink_ranker, shrink_two_tower, structured_record
-from rayrec.models.ranker import N_DENSE, Ranker, RankerSpec
+from rayrec.models.ranker import Ranker, RankerSpec
 from rayrec.models.two_tower import TwoTowerModel, TwoTowerSpec
 from tests.unit.compress.conftest import SPEC, TT_SPEC, batch_inputs
 from tests.unit.models.conftest import N_ITEMS
@@ -23,7 +23,7 @@ def test_ratio_zero_is_an_exact_copy_that_loads_through_the_normal_path(ranker, 
 def test_shrinking_really_shrinks_tensors_and_parameters(ranker, items):
     small = shrink_ranker(ranker, ShrinkRatios(deep=0.5, cross_rank=0.5, embedding_dim=0.5), items)
     assert (small.spec.dim, small.spec.cross_rank, small.spec.deep_layers) == (4, 4, [16, 8])
-    width = SPEC.user_dim + 4 * 4 + N_DENSE
+    width = SPEC.user_dim + 4 * 4 + SPEC.n_dense
     assert small.item_emb.weight.shape == (N_ITEMS, 4) and small.price_emb.weight.shape == (6, 4)
     assert small.norm.weight.shape == (width,)
     assert small.cross[0].down.weight.shape == (4, width) and small.cross[1].up.weight.shape == (width, 4)

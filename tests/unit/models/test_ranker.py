@@ -1,9 +1,10 @@
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from rayrec.models.losses import multi_task_bce
-from rayrec.models.ranker import N_DENSE, Ranker, RankerSpec
+from rayrec.models.ranker import N_DENSE, Ranker, RankerSpec, title_words
 from tests.unit.models.conftest import N_ITEMS
 
 SPEC = RankerSpec(n_items=N_ITEMS, n_categories=20, n_brands=8, n_price_buckets=6, user_dim=16, dim=8,
@@ -42,6 +43,49 @@ def test_affinities_count_what_the_history_says(items):
     same_item, recency = feats[0, :, 1], feats[0, :, 2]
     assert torch.isclose(same_item[0], torch.tensor(2 / 3))  # item 3 twice in 3 real history slots
     assert same_item[1] == 0 and recency[0] < recency[1]  # touched 10 s ago vs never
+
+
+def test_title_words_keep_shared_words_once_weighted_by_rarity():
+    # 4 titled items; word 5 in every title, 6 in two, 7 twice in one title, 9 in one title only
+    title = torch.tensor([[0, 0, 0], [0, 0, 0], [5, 6, 0], [7, 5, 7], [5, 6, 9], [5, 0, 0], [0, 0, 0]])
+    words, idf = title_words(title)
+    bags = words.sort(-1).values.tolist()  # a title is a bag of words: the order within it is not kept
+    assert bags == [[0, 0, 0], [0, 0, 0], [0, 1, 2], [0, 0, 1], [0, 1, 2], [0, 0, 1], [0, 0, 0]]
+    assert idf.shape == (3,) and idf[0] == 0  # padding, then 5 and 6 renumbered 1 and 2; 7 and 9 are one title's
+    assert torch.isclose(idf[1], torch.tensor(0.0))  # in every title: log(4 / 5) floored at 0
+    assert torch.isclose(idf[2], torch.log(torch.tensor(4 / 3)))
+
+
+def test_title_affinities_are_the_weighted_share_of_the_title_found_in_history(items):
+    from dataclasses import replace
+
+    titled = replace(items, title=np.zeros_like(items.title))
+    # rows 8.. have no title; item 5 repeats a word, which counts once; 3 is one title's word only
+    titled.title[2:8] = [[8, 9, 0, 0], [8, 0, 0, 0], [9, 3, 0, 0], [4, 4, 8, 0], [4, 9, 0, 0], [8, 0, 0, 0]]
+    model = Ranker(replace(SPEC, title_affinity=True), titled)
+    w = dict(zip((4, 8, 9), model.title_idf[1:].tolist()))  # the shared words, renumbered in order
+    hist = torch.tensor([[0, 3, 4, 3]])  # three real items with the words {8}, {9, 3}, {8}
+    feats = model.title_affinities(hist, torch.tensor([[2, 5, 8, 9]]))
+    assert feats.shape == (1, 4, 2)
+    # Item 2 ({8, 9}): both words are somewhere in the history; 8 in two of the three items, 9 in one.
+    expected = [1.0, (2 * w[8] + w[9]) / (w[8] + w[9]) / 3]
+    assert torch.allclose(feats[0, 0], torch.tensor(expected))
+    # Item 5 ({4, 8}): only 8 is in the history, in two items.
+    expected = [w[8] / (w[4] + w[8]), 2 * w[8] / (w[4] + w[8]) / 3]
+    assert torch.allclose(feats[0, 1], torch.tensor(expected))
+    assert torch.equal(feats[0, 2:], torch.zeros(2, 2))  # no title at all
+    assert torch.equal(model.title_affinities(torch.zeros(1, 3, dtype=torch.long), torch.tensor([[2]])),
+                       torch.zeros(1, 1, 2))  # no history
+
+
+def test_title_affinity_adds_two_inputs_and_old_specs_load_without_them(items):
+    from dataclasses import replace
+
+    spec = replace(SPEC, title_affinity=True)
+    assert spec.n_dense == N_DENSE + 2 and SPEC.n_dense == N_DENSE
+    assert Ranker(spec, items).norm.weight.shape[0] == Ranker(SPEC, items).norm.weight.shape[0] + 2
+    saved_before = {k: v for k, v in SPEC.to_dict().items() if k != "title_affinity"}  # a bundle from before
+    assert RankerSpec(**saved_before).title_affinity is False
 
 
 def test_ranker_learns_a_separable_signal(items):
