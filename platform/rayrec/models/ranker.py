@@ -99,7 +99,8 @@ class Ranker(nn.Module):
         self.register_buffer("title_idf", idf, persistent=False)
 
     def affinities(self, hist_items: torch.Tensor, hist_gaps_s: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
-        """[B, C, N_DENSE - 2] user-item features from the raw history (all but retrieval score and trend)."""
+        """[B, C, N_DENSE - 2] user-item features from the raw history (all dense inputs but the retrieval
+        score, the trend and ``title_affinities``)."""
         present = (hist_items > 0).float()  # [B, L]
         n_hist = present.sum(-1, keepdim=True).clamp(min=1)  # [B, 1]
         same_item = (cand.unsqueeze(-1) == hist_items.unsqueeze(1)).float() * present.unsqueeze(1)  # [B, C, L]
