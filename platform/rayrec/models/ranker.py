@@ -94,9 +94,10 @@ class Ranker(nn.Module):
         self.register_buffer("brand", torch.tensor(items.brand, dtype=torch.long), persistent=False)
         self.register_buffer("price_bucket", torch.tensor(items.price_bucket, dtype=torch.long), persistent=False)
         self.register_buffer("log_price", torch.log(torch.tensor(items.price, dtype=torch.float32)), persistent=False)
-        title, idf = title_words(torch.tensor(items.title, dtype=torch.long))
-        self.register_buffer("title", title, persistent=False)
-        self.register_buffer("title_idf", idf, persistent=False)
+        if spec.title_affinity:  # sorting and counting every title is start-up work only this input needs
+            title, idf = title_words(torch.tensor(items.title, dtype=torch.long))
+            self.register_buffer("title", title, persistent=False)
+            self.register_buffer("title_idf", idf, persistent=False)
 
     def affinities(self, hist_items: torch.Tensor, hist_gaps_s: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
         """[B, C, N_DENSE - 2] user-item features from the raw history (all dense inputs but the retrieval
