@@ -93,7 +93,15 @@ class Ranker(nn.Module):
         self.register_buffer("categories", torch.tensor(items.categories, dtype=torch.long), persistent=False)
         self.register_buffer("brand", torch.tensor(items.brand, dtype=torch.long), persistent=False)
         self.register_buffer("price_bucket", torch.tensor(items.price_bucket, dtype=torch.long), persistent=False)
-        self.register_buffer("log_price", torch.log(torch.tensor(items.price, dtype=torch.float32)), persistent=False)
+        log_price = torch.log(torch.tensor(items.price, dtype=torch.float32))
+        price_known = torch.isfinite(log_price).float()
+        price_known[0] = 0.0  # the padding item: history slots without an item hold no price
+        self.register_buffer("price_known", price_known, persistent=False)
+        self.register_buffer("known_log_price", torch.nan_to_num(log_price, nan=0.0, posinf=0.0, neginf=0.0),
+                             persistent=False)
+        cand_keys, hist_keys = item_keys(self.categories, self.brand)
+        self.register_buffer("cand_keys", cand_keys, persistent=False)
+        self.register_buffer("hist_keys", hist_keys, persistent=False)
         if spec.title_affinity:  # sorting and counting every title is start-up work only this input needs
             title, idf = title_words(torch.tensor(items.title, dtype=torch.long))
             self.register_buffer("title", title, persistent=False)
@@ -102,27 +110,22 @@ class Ranker(nn.Module):
     def affinities(self, hist_items: torch.Tensor, hist_gaps_s: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
         """[B, C, N_DENSE - 2] user-item features from the raw history (all dense inputs but the retrieval
         score, the trend and ``title_affinities``)."""
-        present = (hist_items > 0).float()  # [B, L]
-        n_hist = present.sum(-1, keepdim=True).clamp(min=1)  # [B, 1]
-        same_item = (cand.unsqueeze(-1) == hist_items.unsqueeze(1)).float() * present.unsqueeze(1)  # [B, C, L]
-        hc, cc = self.categories[hist_items], self.categories[cand]  # [B, L, 3], [B, C, 3]
-        same_leaf = (cc[..., 2:3] == hc[..., 2].unsqueeze(1)).float() * present.unsqueeze(1)
-        same_top = (cc[..., 0:1] == hc[..., 0].unsqueeze(1)).float() * present.unsqueeze(1)
-        same_brand = ((self.brand[cand].unsqueeze(-1) == self.brand[hist_items].unsqueeze(1))
-                      & (self.brand[cand].unsqueeze(-1) > 0)).float() * present.unsqueeze(1)
+        # One comparison of (item, leaf, top category, brand) keys answers all four "same ..." counts:
+        # a request's cost here is the number of operators, not their size (100 candidates x 20 items).
+        same = self.cand_keys[cand].unsqueeze(2) == self.hist_keys[hist_items].unsqueeze(1)  # [B, C, L, 4]
+        n_hist = (hist_items > 0).sum(-1, keepdim=True).clamp(min=1).float()  # [B, 1]
+        shares = same.sum(2).float() / n_hist.unsqueeze(-1)  # [B, C, 4]
         big = torch.full_like(hist_gaps_s, 1e9).unsqueeze(1)
-        last_touch = torch.where(same_item > 0, hist_gaps_s.unsqueeze(1), big).amin(-1)  # seconds since last touch
+        last_touch = torch.where(same[..., 0], hist_gaps_s.unsqueeze(1), big).amin(-1)  # seconds since last touch
         recency = torch.log1p(last_touch.clamp(max=1e9)) / torch.log1p(torch.tensor(1e9))
-        hp = self.log_price[hist_items]
-        known = present * torch.isfinite(hp).float()
-        user_price = (torch.nan_to_num(hp) * known).sum(-1, keepdim=True) / known.sum(-1, keepdim=True).clamp(min=1)
-        cand_price = self.log_price[cand]
-        price_known = torch.isfinite(cand_price) & (known.sum(-1, keepdim=True) > 0)
-        rel_price = torch.where(price_known, torch.nan_to_num(cand_price) - user_price, torch.zeros_like(cand_price))
-        return torch.stack([
-            self.log_pop[cand], same_item.sum(-1) / n_hist, recency, same_leaf.sum(-1) / n_hist,
-            same_top.sum(-1) / n_hist, same_brand.sum(-1) / n_hist, rel_price.clamp(-3, 3),
-            price_known.float(), (n_hist / hist_items.shape[1]).expand_as(cand_price),
+        known = self.price_known[hist_items]  # padding: price unknown
+        n_known = known.sum(-1, keepdim=True)
+        user_price = (self.known_log_price[hist_items] * known).sum(-1, keepdim=True) / n_known.clamp(min=1)
+        price_known = self.price_known[cand] * (n_known > 0).float()
+        rel_price = (self.known_log_price[cand] - user_price).clamp(-3, 3) * price_known
+        return torch.cat([
+            self.log_pop[cand].unsqueeze(-1), shares[..., :1], recency.unsqueeze(-1), shares[..., 1:],
+            torch.stack([rel_price, price_known, (n_hist / hist_items.shape[1]).expand_as(rel_price)], -1),
         ], dim=-1)  # fmt: skip
 
     def title_affinities(self, hist_items: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
@@ -179,6 +182,20 @@ class Ranker(nn.Module):
         if self.spec.trend_boost:
             s = s + self.spec.trend_boost * torch.log1p(trend_counts.float()) / self.pop_scale
         return s
+
+
+def item_keys(categories: torch.Tensor, brand: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per item, the (item id, leaf category, top category, brand) it is compared on by
+    ``Ranker.affinities``, as a candidate [N, 4] and as a history item [N, 4]. An unknown brand (0)
+    matches nothing (-1 for candidates, -2 in history) and the padding item (0) is never in history
+    (-3 throughout): the equality alone then counts only real matches."""
+    ids = torch.arange(len(brand), dtype=torch.long, device=brand.device)
+    keys = torch.stack([ids, categories[:, 2], categories[:, 0], brand], dim=-1)
+    cand_keys, hist_keys = keys.clone(), keys.clone()
+    cand_keys[:, 3] = torch.where(brand > 0, brand, torch.full_like(brand, -1))
+    hist_keys[:, 3] = torch.where(brand > 0, brand, torch.full_like(brand, -2))
+    hist_keys[0] = -3
+    return cand_keys, hist_keys
 
 
 def title_words(title: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -45,6 +45,27 @@ def test_affinities_count_what_the_history_says(items):
     assert same_item[1] == 0 and recency[0] < recency[1]  # touched 10 s ago vs never
 
 
+def test_category_brand_and_price_affinities_by_hand(items):
+    # item i >= 2: top category 2 + (i-2) % 3, leaf 11 + (i-2) % 9, brand 2 + (i-2) % 5
+    items.brand[5] = items.brand[20] = 0  # unknown brands: equal, yet never "the same brand"
+    items.price[11] = items.price[7] = np.nan
+    model = Ranker(SPEC, items)
+    hist = torch.tensor([[0, 2, 11, 5]])  # a padding slot, then leaves 11, 11, 14, all top category 2
+    feats = model.affinities(hist, torch.tensor([[0, 3.0, 2.0, 1.0]]), torch.tensor([[20, 12, 8, 7]]))
+    leaf, top, brand = feats[0, :, 3], feats[0, :, 4], feats[0, :, 5]
+    assert torch.allclose(leaf, torch.tensor([2 / 3, 0, 0, 0])) and torch.equal(top, torch.tensor([1.0, 0, 1, 0]))
+    assert torch.allclose(brand, torch.tensor([0, 1 / 3, 0, 1 / 3]))  # 12 and 7 have brand 2, as item 2 has
+    rel_price, price_known, n_hist = feats[0, :, 6], feats[0, :, 7], feats[0, :, 8]
+    user_level = (np.log(items.price[2]) + np.log(items.price[5])) / 2  # item 11's price is unknown
+    expected = np.clip(np.log(items.price[[20, 12, 8]]) - user_level, -3, 3)
+    assert torch.allclose(rel_price[:3], torch.tensor(expected, dtype=torch.float32))
+    assert rel_price[3] == 0 and price_known.tolist() == [1.0, 1.0, 1.0, 0.0]
+    assert torch.allclose(n_hist, torch.tensor(3 / 4))
+    # item 1 has the padding item's categories (0): padding slots still match nothing
+    no_history = model.affinities(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4), torch.tensor([[20, 1]]))
+    assert no_history[0, :, 1:8].tolist() == [[0, 1, 0, 0, 0, 0, 0]] * 2  # touched "never", no price level
+
+
 def test_title_words_keep_shared_words_once_weighted_by_rarity():
     # 4 titled items; word 5 in every title, 6 in two, 7 twice in one title, 9 in one title only
     title = torch.tensor([[0, 0, 0], [0, 0, 0], [5, 6, 0], [7, 5, 7], [5, 6, 9], [5, 0, 0], [0, 0, 0]])
