@@ -130,13 +130,37 @@ def ranking_metrics(
     return out
 
 
-def user_ndcg(topk: np.ndarray, targets: sp.spmatrix | sp.sparray, k: int,
-              first_real_id: int = FIRST_REAL_ID) -> np.ndarray:
-    """NDCG@k of each user with at least one target, in row order: the values ``ranking_metrics``
-    averages, for a standard error or a paired comparison of two rankings of the same users."""
+def user_metrics(topk: np.ndarray, targets: sp.spmatrix | sp.sparray, k: int,
+                 first_real_id: int = FIRST_REAL_ID) -> dict[str, np.ndarray]:
+    """Recall@k and NDCG@k of each user with at least one target, in row order: the values
+    ``ranking_metrics`` averages, for a standard error or a paired comparison of two rankings of the
+    same users (``paired_ratio_interval``)."""
     topk, _, n_rel, _, hits = _judged(topk, targets, (k,), first_real_id)
     dcg = (hits[:, :k] * _discount(k)).sum(axis=1)
-    return dcg / np.cumsum(_discount(k))[np.minimum(n_rel, k).astype(np.int64) - 1]
+    ndcg = dcg / np.cumsum(_discount(k))[np.minimum(n_rel, k).astype(np.int64) - 1]
+    return {f"recall@{k}": hits[:, :k].sum(axis=1) / n_rel, f"ndcg@{k}": ndcg}
+
+
+def user_ndcg(topk: np.ndarray, targets: sp.spmatrix | sp.sparray, k: int,
+              first_real_id: int = FIRST_REAL_ID) -> np.ndarray:
+    """NDCG@k of each user with at least one target, in row order (see ``user_metrics``)."""
+    return user_metrics(topk, targets, k, first_real_id)[f"ndcg@{k}"]
+
+
+def paired_ratio_interval(ours: np.ndarray, theirs: np.ndarray, level: float = 0.9, resamples: int = 2000,
+                          seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``mean(ours) / mean(theirs)`` over users, both arrays holding one
+    value per user in the same order (resampled together: the comparison is paired). How far the ratio
+    of two systems could move with another draw of test users of the same kind."""
+    ours, theirs = np.asarray(ours, dtype=np.float64), np.asarray(theirs, dtype=np.float64)
+    if ours.shape != theirs.shape or ours.ndim != 1 or ours.size == 0:
+        raise ValueError(f"need two equal-length, non-empty per-user arrays, got {ours.shape} and {theirs.shape}")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, ours.size, (resamples, ours.size))
+    ratios = ours[idx].mean(axis=1) / np.maximum(theirs[idx].mean(axis=1), 1e-300)
+    tail = (1.0 - level) / 2 * 100
+    lo, hi = np.percentile(ratios, [tail, 100 - tail])
+    return float(lo), float(hi)
 
 
 def _discount(kmax: int) -> np.ndarray:

@@ -10,7 +10,8 @@ import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rayrec.metrics import first_occurrence, membership, popularity_percentile, ranking_metrics, user_ndcg
+from rayrec.metrics import (first_occurrence, membership, paired_ratio_interval, popularity_percentile,
+                            ranking_metrics, user_metrics, user_ndcg)
 
 
 def targets_of(rows: list[list[int]], n_items: int) -> sp.csr_matrix:
@@ -68,6 +69,25 @@ def test_user_ndcg_is_each_judged_users_value_of_the_mean():
     assert per_user == pytest.approx([0.5, 1 / (1 + 1 / math.log2(3))])
     assert per_user.mean() == pytest.approx(ranking_metrics(topk, targets, ks=(3,))["ndcg@3"])
     assert user_ndcg(topk, targets, 1) == pytest.approx([0.0, 1.0])
+    recall = user_metrics(topk, targets, 3)["recall@3"]
+    assert recall == pytest.approx([1.0, 0.5])  # u1 found 6 of {2, 6}
+    assert recall.mean() == pytest.approx(ranking_metrics(topk, targets, ks=(3,))["recall@3"])
+
+
+def test_paired_ratio_interval_brackets_the_ratio_and_narrows_with_more_users():
+    rng = np.random.default_rng(1)
+    theirs = rng.random(200)
+    ours = theirs * 1.2 + rng.normal(0, 0.05, 200)
+    lo, hi = paired_ratio_interval(ours, theirs)
+    assert lo < ours.mean() / theirs.mean() < hi and 1.1 < lo and hi < 1.3
+    wide = paired_ratio_interval(ours[:20], theirs[:20])
+    assert wide[1] - wide[0] > hi - lo
+    # pairing: a per-user shift shared by both systems does not widen the interval of their ratio
+    shared = rng.random(200) * 5
+    lo_shared, hi_shared = paired_ratio_interval(ours + shared, theirs + shared)
+    assert hi_shared - lo_shared < 0.05
+    with pytest.raises(ValueError, match="equal-length"):
+        paired_ratio_interval(ours, theirs[:10])
 
 
 def test_repeated_ids_count_once_and_reserved_ids_never_hit():

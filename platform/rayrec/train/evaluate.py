@@ -26,7 +26,7 @@ from rayrec.features.batches import without_history
 from rayrec.features.transforms import history_window
 from rayrec.features.trend import DAY_MS
 from rayrec.features.vocab import PAD_ID, UNK_ID
-from rayrec.metrics import membership, ranking_metrics
+from rayrec.metrics import membership, ranking_metrics, user_metrics
 
 SPLIT_IDS: dict[str, int] = {"train": 0, "valid": 1, "test": 2}
 _COLUMNS = ["user_idx", "item_idx", "ts_ms", "split", "stage"]  # the hist_* lists are not needed
@@ -236,10 +236,11 @@ def evaluate(
 ) -> pd.DataFrame:
     """Fit and score each system on ``split``: one row per system, metric columns plus timings; for
     each of ``segments`` (a bool mask over the split's users) also Recall / NDCG of its users at K=20
-    (or the largest K when 20 is not asked for)."""
+    (or the largest K when 20 is not asked for). ``df.attrs["per_user"]`` holds each system's per-user
+    Recall and NDCG at that K (``metrics.user_metrics``), for paired comparisons of two systems."""
     kmax = max(ks)
     segment_k = 20 if 20 in ks else kmax
-    rows = []
+    rows, per_user = [], {}
     for system in systems:
         t0 = time.perf_counter()
         system.fit(split)
@@ -252,8 +253,10 @@ def evaluate(
             if mask.any():
                 part = ranking_metrics(top[mask, :segment_k], split.targets[mask], (segment_k,))
                 metrics.update({f"{m} ({segment})": part[m] for m in (f"recall@{segment_k}", f"ndcg@{segment_k}")})
+        per_user[system.name] = user_metrics(top[:, :segment_k], split.targets, segment_k)
         rows.append({"system": system.name, **metrics, "fit_s": t1 - t0, "recommend_s": t2 - t1})
     df = pd.DataFrame(rows)
+    df.attrs["per_user"] = per_user
     if "users" in df:
         df["users"] = df["users"].astype(np.int64)
     return df

@@ -161,6 +161,11 @@ def test_evaluate_one_row_per_system_and_report(processed, tmp_path):
     assert (df["users"] == 5).all()
     # "a" at K=1: u2 -> 6 (hit), u3 -> 6 (T={5}), u4 -> 6 (hit), u5 -> 6 (seen 5; T={7}), u7 -> 6
     assert df.loc[0, "recall@1"] == pytest.approx(2 / 5)
+    per_user = df.attrs["per_user"]  # at the largest K here (no 20): one value per judged user
+    assert set(per_user) == {"a", "b"} and len(per_user["a"]["recall@3"]) == 5
+    for i, name in enumerate(("a", "b")):
+        for metric in ("recall@3", "ndcg@3"):
+            assert per_user[name][metric].mean() == pytest.approx(df.loc[i, metric])
 
     paths = write_report(df, tmp_path / "report", "tiny", notes="hand-made data")
     assert paths["png"].stat().st_size > 1000
