@@ -140,6 +140,10 @@ class RankerConfig(Section):
     title_affinity: bool = Field(True, description="Two more inputs: the share of a candidate's title (words "
                                  "weighted by rarity in the catalog) found in the titles of the user's recent items, "
                                  "anywhere and per item on average (models.ranker; README, Training).")
+    category_price: bool = Field(True, description="One more input: the candidate's price over its leaf "
+                                 "category's mean (log scale) against the user's usual level so measured, i.e. "
+                                 "dear or cheap for its category compared with what the user picks; the plain "
+                                 "price input compares prices across categories (models.ranker).")
     trend_window_days: float = Field(7.0, gt=0, description="The ranker's trend feature counts each candidate's "
                                      "interactions in this many days before the request (before each example in "
                                      "training, before the cutoff in evaluation, before the end of the log a "
@@ -494,6 +498,15 @@ class RayrecConfig(Section):
             raise ValueError("train.include_valid needs a number for ranker.trend_boost: null chooses it on the "
                              "validation split, which the models then learn from. Set the boost the train-only run "
                              "chose (spec.trend_boost in its ranker's meta.json).")
+        return self
+
+    @model_validator(mode="after")
+    def _serving_keeps_the_history_the_models_read(self) -> "RayrecConfig":
+        stored = self.preprocess.history_length
+        if self.serve.feature_store.max_history < stored:
+            raise ValueError(f"serve.feature_store.max_history ({self.serve.feature_store.max_history}) is below "
+                             f"preprocess.history_length ({stored}): serving would give the models shorter "
+                             "histories than they were trained on. Raise max_history.")
         return self
 
     def fingerprint(self) -> str:

@@ -61,6 +61,12 @@ def test_training_on_the_serving_pool_refuses_view_negatives_it_would_ignore():
     assert load_config(None, ["ranker.serving_pool_only=true"]).ranker.serving_pool_only
 
 
+def test_serving_must_store_as_much_history_as_the_models_read():
+    with pytest.raises(ConfigError, match=r"max_history \(40\) is below preprocess\.history_length \(50\)"):
+        load_config(None, ["preprocess.history_length=50", "serve.feature_store.max_history=40"])
+    assert load_config(None, ["preprocess.history_length=50"]).serve.feature_store.max_history == 50
+
+
 def test_fingerprint_ignores_output_names_but_not_settings():
     a = load_config(None, ["name=a"])
     b = load_config(None, ["name=b"])

@@ -14,7 +14,8 @@ and its interactions in the last days before the request (``features.trend``: wh
 week, which overall popularity cannot say); and affinities computed
 here from the raw history so serving and training share them: how often and how recently the user
 touched this item, its leaf and top category and its brand, and its price relative to the prices
-the user looked at; and (``title_affinity``) how much of the candidate's title the user's recent items
+the user looked at (and, ``category_price``, relative to its category's, against the user's usual
+level within categories); and (``title_affinity``) how much of the candidate's title the user's recent items
 share, word by word and weighted by rarity: the affinity a shop without a category tree or brands
 still has (Online Retail: product lines such as "... RED RETROSPOT" are bought together).
 """
@@ -47,10 +48,11 @@ class RankerSpec:
     trend_window_days: float = 7.0  # what the trend_counts input counts (features.trend)
     trend_boost: float = 0.0  # weight of the log trend count added to the score (see Ranker.score)
     title_affinity: bool = False  # read Ranker.title_affinities (False: bundles saved before it existed)
+    category_price: bool = False  # read Ranker.category_price (False: bundles saved before it existed)
 
     @property
     def n_dense(self) -> int:
-        return N_DENSE + 2 * self.title_affinity
+        return N_DENSE + 2 * self.title_affinity + self.category_price
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -99,6 +101,9 @@ class Ranker(nn.Module):
         self.register_buffer("price_known", price_known, persistent=False)
         self.register_buffer("known_log_price", torch.nan_to_num(log_price, nan=0.0, posinf=0.0, neginf=0.0),
                              persistent=False)
+        if spec.category_price:
+            self.register_buffer("leaf_log_price", leaf_relative(self.known_log_price, self.price_known,
+                                                                 self.categories[:, 2]), persistent=False)
         cand_keys, hist_keys = item_keys(self.categories, self.brand)
         self.register_buffer("cand_keys", cand_keys, persistent=False)
         self.register_buffer("hist_keys", hist_keys, persistent=False)
@@ -148,6 +153,17 @@ class Ranker(nn.Module):
         mean = (weight * count).sum(-1) / total / n_hist
         return torch.stack([anywhere, mean], dim=-1)
 
+    def category_price(self, hist_items: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+        """[B, C, 1]: the candidate's log price over its leaf category's mean minus the user's usual such
+        level (the mean over their history items with a price), clamped to ±3; 0 when either is unknown.
+        Whether an item is dear or cheap for its category, compared with what the user picks: the plain
+        price input (``affinities``) compares log prices across categories whose price levels differ."""
+        known = self.price_known[hist_items]
+        n_known = known.sum(-1, keepdim=True)
+        user_level = (self.leaf_log_price[hist_items] * known).sum(-1, keepdim=True) / n_known.clamp(min=1)
+        both = self.price_known[cand] * (n_known > 0).float()
+        return ((self.leaf_log_price[cand] - user_level).clamp(-3, 3) * both).unsqueeze(-1)
+
     def forward(self, user_vec: torch.Tensor, hist_items: torch.Tensor, hist_gaps_s: torch.Tensor,
                 cand: torch.Tensor, retrieval_score: torch.Tensor, trend_counts: torch.Tensor) -> torch.Tensor:
         """Logits [B, C, 2] (click, purchase) for candidates ``cand`` [B, C]; ``trend_counts`` [B, C]
@@ -157,6 +173,8 @@ class Ranker(nn.Module):
         parts = [retrieval_score.unsqueeze(-1), trend.unsqueeze(-1), self.affinities(hist_items, hist_gaps_s, cand)]
         if self.spec.title_affinity:
             parts.append(self.title_affinities(hist_items, cand))
+        if self.spec.category_price:
+            parts.append(self.category_price(hist_items, cand))
         dense = torch.cat(parts, -1)
         x0 = torch.cat([
             user_vec.unsqueeze(1).expand(b, c, -1), self.item_emb(cand), self.cat_emb(self.categories[cand][..., 2]),
@@ -182,6 +200,15 @@ class Ranker(nn.Module):
         if self.spec.trend_boost:
             s = s + self.spec.trend_boost * torch.log1p(trend_counts.float()) / self.pop_scale
         return s
+
+
+def leaf_relative(log_price: torch.Tensor, known: torch.Tensor, leaf: torch.Tensor) -> torch.Tensor:
+    """Each item's ``log_price`` minus the mean log price of the priced items of its ``leaf`` category
+    (0 where the price is unknown, ``known`` 0): the price level within the category."""
+    n_leaves = int(leaf.max()) + 1 if leaf.numel() else 1
+    total = torch.zeros(n_leaves, dtype=log_price.dtype).index_add_(0, leaf, log_price * known)
+    count = torch.zeros(n_leaves, dtype=log_price.dtype).index_add_(0, leaf, known)
+    return (log_price - total[leaf] / count[leaf].clamp(min=1)) * known
 
 
 def item_keys(categories: torch.Tensor, brand: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

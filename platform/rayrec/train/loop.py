@@ -93,7 +93,7 @@ def ranker_spec(ctx: ModelContext) -> RankerSpec:
                       n_price_buckets=len(ctx.manifest["price_bucket_edges"]) + 2, user_dim=ctx.cfg.model.dim,
                       dim=r.dim, cross_layers=r.cross_layers, cross_rank=r.cross_rank, deep_layers=list(r.deep_layers),
                       trend_window_days=r.trend_window_days, trend_boost=r.trend_boost or 0.0,
-                      title_affinity=r.title_affinity)
+                      title_affinity=r.title_affinity, category_price=r.category_price)
 
 
 def _item_prob(items: ItemFeatureTable) -> torch.Tensor:

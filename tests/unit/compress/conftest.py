@@ -10,7 +10,7 @@ from rayrec.models.two_tower import TwoTowerSpec
 from tests.unit.models.conftest import N_ITEMS, items  # noqa: F401  (re-exported fixture)
 
 SPEC = RankerSpec(n_items=N_ITEMS, n_categories=20, n_brands=8, n_price_buckets=6, user_dim=16, dim=8,
-                  cross_layers=2, cross_rank=8, deep_layers=[32, 16], title_affinity=True)
+                  cross_layers=2, cross_rank=8, deep_layers=[32, 16], title_affinity=True, category_price=True)
 TT_SPEC = TwoTowerSpec(n_items=N_ITEMS, n_users=10, n_categories=20, n_brands=8, n_price_buckets=6, n_tokens=40,
                        title_tokens=4, history_length=5, dim=16, hidden=32, heads=2)
 

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
+import pytest
 import torch
 
 from rayrec.models.losses import multi_task_bce
-from rayrec.models.ranker import N_DENSE, Ranker, RankerSpec, title_words
+from rayrec.models.ranker import N_DENSE, Ranker, RankerSpec, leaf_relative, title_words
 from tests.unit.models.conftest import N_ITEMS
 
 SPEC = RankerSpec(n_items=N_ITEMS, n_categories=20, n_brands=8, n_price_buckets=6, user_dim=16, dim=8,
@@ -22,7 +25,6 @@ def test_scores_every_candidate_with_two_heads(items):
 
 
 def test_trend_boost_adds_the_log_trend_count_to_the_score(items):
-    from dataclasses import replace
 
     model = Ranker(SPEC, items)
     logits = torch.randn(1, 3, 2)
@@ -64,6 +66,34 @@ def test_category_brand_and_price_affinities_by_hand(items):
     # item 1 has the padding item's categories (0): padding slots still match nothing
     no_history = model.affinities(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4), torch.tensor([[20, 1]]))
     assert no_history[0, :, 1:8].tolist() == [[0, 1, 0, 0, 0, 0, 0]] * 2  # touched "never", no price level
+
+
+def test_leaf_relative_prices_subtract_the_mean_log_price_of_the_priced_items_of_the_leaf():
+    log_price = torch.tensor([0.0, 1.0, 3.0, 9.0, 2.0, 5.0])
+    known = torch.tensor([0.0, 1.0, 1.0, 0.0, 1.0, 1.0])  # item 3's price is unknown: it sets no level
+    leaf = torch.tensor([0, 1, 1, 1, 2, 2])
+    assert leaf_relative(log_price, known, leaf).tolist() == [0.0, -1.0, 1.0, 0.0, -1.5, 1.5]
+
+
+def test_category_price_compares_the_candidate_and_the_history_within_their_categories(items):
+    items.price[7] = np.nan
+    model = Ranker(replace(SPEC, category_price=True), items)
+    leaf = items.categories[:, 2]
+    logp = np.log(items.price)
+
+    def within_leaf(i: int) -> float:  # log price minus the mean of its leaf's priced items
+        same = (leaf == leaf[i]) & np.isfinite(logp)
+        return logp[i] - logp[same].mean()
+
+    hist = torch.tensor([[0, 2, 7, 5]])  # item 7 has no price: the user's level is 2's and 5's
+    feats = model.category_price(hist, torch.tensor([[20, 7]]))
+    expected = np.clip(within_leaf(20) - (within_leaf(2) + within_leaf(5)) / 2, -3, 3)
+    assert feats.shape == (1, 2, 1) and feats[0, 0, 0].item() == pytest.approx(expected, rel=1e-5)
+    assert feats[0, 1, 0] == 0  # unknown price
+    assert model.category_price(torch.zeros(1, 4, dtype=torch.long), torch.tensor([[20]])).item() == 0  # no history
+    logits = model(torch.randn(1, SPEC.user_dim), hist, torch.ones(1, 4), torch.tensor([[20, 7]]),
+                   torch.zeros(1, 2), torch.zeros(1, 2))
+    assert model.spec.n_dense == N_DENSE + 1 and logits.shape == (1, 2, 2)
 
 
 def test_title_words_keep_shared_words_once_weighted_by_rarity():
