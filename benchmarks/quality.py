@@ -132,7 +132,7 @@ def print_dataset(result: dict) -> dict:
     for c in cols:
         table.add_column(c, justify="right")
     for r in rows:
-        label = r["system"] + (f" (seed {r['seed']})" if len(seeds) > 1 and _is_ours(r["system"]) else "")
+        label = r["system"] + (f" (seed {int(r['seed'])})" if len(seeds) > 1 and _is_ours(r["system"]) else "")
         table.add_row(label, *(f"{r.get(c, float('nan')):.4f}" for c in cols))
     console.print(table)
     summary = {}

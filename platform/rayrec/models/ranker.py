@@ -30,7 +30,7 @@ from torch import nn
 
 from rayrec.features.items import ItemFeatureTable
 
-N_DENSE = 11  # dense inputs without the title affinities (two more with RankerSpec.title_affinity)
+N_DENSE = 11  # dense inputs without the optional ones (title_affinity: two more, category_price: one)
 HEADS = ("click", "purchase")
 
 
@@ -123,11 +123,7 @@ class Ranker(nn.Module):
         big = torch.full_like(hist_gaps_s, 1e9).unsqueeze(1)
         last_touch = torch.where(same[..., 0], hist_gaps_s.unsqueeze(1), big).amin(-1)  # seconds since last touch
         recency = torch.log1p(last_touch.clamp(max=1e9)) / torch.log1p(torch.tensor(1e9))
-        known = self.price_known[hist_items]  # padding: price unknown
-        n_known = known.sum(-1, keepdim=True)
-        user_price = (self.known_log_price[hist_items] * known).sum(-1, keepdim=True) / n_known.clamp(min=1)
-        price_known = self.price_known[cand] * (n_known > 0).float()
-        rel_price = (self.known_log_price[cand] - user_price).clamp(-3, 3) * price_known
+        rel_price, price_known = self.relative_to_history(self.known_log_price, hist_items, cand)
         return torch.cat([
             self.log_pop[cand].unsqueeze(-1), shares[..., :1], recency.unsqueeze(-1), shares[..., 1:],
             torch.stack([rel_price, price_known, (n_hist / hist_items.shape[1]).expand_as(rel_price)], -1),
@@ -158,11 +154,17 @@ class Ranker(nn.Module):
         level (the mean over their history items with a price), clamped to ±3; 0 when either is unknown.
         Whether an item is dear or cheap for its category, compared with what the user picks: the plain
         price input (``affinities``) compares log prices across categories whose price levels differ."""
-        known = self.price_known[hist_items]
+        return self.relative_to_history(self.leaf_log_price, hist_items, cand)[0].unsqueeze(-1)
+
+    def relative_to_history(self, price: torch.Tensor, hist_items: torch.Tensor,
+                            cand: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """([B, C] the candidate's ``price`` (a per-item log-price measure) minus its mean over the user's
+        history items with a known price, clamped to ±3; [B, C] 1 where both are known) — 0 otherwise."""
+        known = self.price_known[hist_items]  # padding: price unknown
         n_known = known.sum(-1, keepdim=True)
-        user_level = (self.leaf_log_price[hist_items] * known).sum(-1, keepdim=True) / n_known.clamp(min=1)
+        user_level = (price[hist_items] * known).sum(-1, keepdim=True) / n_known.clamp(min=1)
         both = self.price_known[cand] * (n_known > 0).float()
-        return ((self.leaf_log_price[cand] - user_level).clamp(-3, 3) * both).unsqueeze(-1)
+        return (price[cand] - user_level).clamp(-3, 3) * both, both
 
     def forward(self, user_vec: torch.Tensor, hist_items: torch.Tensor, hist_gaps_s: torch.Tensor,
                 cand: torch.Tensor, retrieval_score: torch.Tensor, trend_counts: torch.Tensor) -> torch.Tensor:
