@@ -100,11 +100,6 @@ def ranking_metrics(
     """
     topk, keep, n_rel, real, hits = _judged(topk, targets, ks, first_real_id)
     n_items = targets.shape[1]
-    kmax = topk.shape[1]
-    discount = _discount(kmax)
-    ideal_cum = np.cumsum(discount)
-    hits_cum = np.cumsum(hits, axis=1)
-    dcg_cum = np.cumsum(hits * discount, axis=1)
     pct = None if item_popularity is None else popularity_percentile(item_popularity, first_real_id)
     if pct is not None and pct.shape[0] != n_items:
         raise ValueError(f"item_popularity has {pct.shape[0]} entries, targets have {n_items} items")
@@ -112,11 +107,10 @@ def ranking_metrics(
 
     out: dict[str, float] = {"users": float(keep.sum())}
     for k in ks:
-        n_hits = hits_cum[:, k - 1]
-        idcg = ideal_cum[np.minimum(n_rel, k).astype(np.int64) - 1]
-        out[f"recall@{k}"] = _mean(n_hits / n_rel)
-        out[f"ndcg@{k}"] = _mean(dcg_cum[:, k - 1] / idcg)
-        out[f"hit@{k}"] = _mean((n_hits > 0).astype(np.float64))
+        recall, ndcg = _recall_ndcg(hits, n_rel, k)
+        out[f"recall@{k}"] = _mean(recall)
+        out[f"ndcg@{k}"] = _mean(ndcg)
+        out[f"hit@{k}"] = _mean((recall > 0).astype(np.float64))
         top = topk[:, :k][real[:, :k]]
         out[f"coverage@{k}"] = float(np.unique(top).size / n_real_items)
         if pct is not None:
@@ -135,10 +129,9 @@ def user_metrics(topk: np.ndarray, targets: sp.spmatrix | sp.sparray, k: int,
     """Recall@k and NDCG@k of each user with at least one target, in row order: the values
     ``ranking_metrics`` averages, for a standard error or a paired comparison of two rankings of the
     same users (``paired_ratio_interval``)."""
-    topk, _, n_rel, _, hits = _judged(topk, targets, (k,), first_real_id)
-    dcg = (hits[:, :k] * _discount(k)).sum(axis=1)
-    ndcg = dcg / np.cumsum(_discount(k))[np.minimum(n_rel, k).astype(np.int64) - 1]
-    return {f"recall@{k}": hits[:, :k].sum(axis=1) / n_rel, f"ndcg@{k}": ndcg}
+    _, _, n_rel, _, hits = _judged(topk, targets, (k,), first_real_id)
+    recall, ndcg = _recall_ndcg(hits, n_rel, k)
+    return {f"recall@{k}": recall, f"ndcg@{k}": ndcg}
 
 
 def user_ndcg(topk: np.ndarray, targets: sp.spmatrix | sp.sparray, k: int,
@@ -165,6 +158,13 @@ def paired_ratio_interval(ours: np.ndarray, theirs: np.ndarray, level: float = 0
 
 def _discount(kmax: int) -> np.ndarray:
     return 1.0 / np.log2(np.arange(2, kmax + 2))  # rank j (1-based) -> 1/log2(j+1)
+
+
+def _recall_ndcg(hits: np.ndarray, n_rel: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per judged user: recall@k and NDCG@k (binary gains) from ``hits`` [U, >= k] and ``n_rel`` [U]."""
+    discount = _discount(k)
+    idcg = np.cumsum(discount)[np.minimum(n_rel, k).astype(np.int64) - 1]
+    return hits[:, :k].sum(axis=1) / n_rel, (hits[:, :k] * discount).sum(axis=1) / idcg
 
 
 def _judged(topk: np.ndarray, targets: sp.spmatrix | sp.sparray, ks: Sequence[int],
