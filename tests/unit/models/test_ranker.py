@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rayrec.models.losses import multi_task_bce
-from rayrec.models.ranker import N_DENSE, Ranker, RankerSpec, leaf_relative, title_words
+from rayrec.models.ranker import N_DENSE, Ranker, RankerSpec, inference_graph, leaf_relative, title_words
 from tests.unit.models.conftest import N_ITEMS
 
 SPEC = RankerSpec(n_items=N_ITEMS, n_categories=20, n_brands=8, n_price_buckets=6, user_dim=16, dim=8,
@@ -41,7 +41,7 @@ def test_affinities_count_what_the_history_says(items):
     hist = torch.tensor([[0, 3, 3, 4]])
     gaps = torch.tensor([[0, 100.0, 10.0, 1.0]])
     feats = model.affinities(hist, gaps, torch.tensor([[3, 25]]))
-    assert feats.shape == (1, 2, N_DENSE - 2)
+    assert feats.shape == (1, 2, N_DENSE - 2) and SPEC.n_dense == N_DENSE
     same_item, recency = feats[0, :, 1], feats[0, :, 2]
     assert torch.isclose(same_item[0], torch.tensor(2 / 3))  # item 3 twice in 3 real history slots
     assert same_item[1] == 0 and recency[0] < recency[1]  # touched 10 s ago vs never
@@ -86,11 +86,12 @@ def test_category_price_compares_the_candidate_and_the_history_within_their_cate
         return logp[i] - logp[same].mean()
 
     hist = torch.tensor([[0, 2, 7, 5]])  # item 7 has no price: the user's level is 2's and 5's
-    feats = model.category_price(hist, torch.tensor([[20, 7]]))
+    feats = model.affinities(hist, torch.ones(1, 4), torch.tensor([[20, 7]]))[..., -1]  # category_price comes last
     expected = np.clip(within_leaf(20) - (within_leaf(2) + within_leaf(5)) / 2, -3, 3)
-    assert feats.shape == (1, 2, 1) and feats[0, 0, 0].item() == pytest.approx(expected, rel=1e-5)
-    assert feats[0, 1, 0] == 0  # unknown price
-    assert model.category_price(torch.zeros(1, 4, dtype=torch.long), torch.tensor([[20]])).item() == 0  # no history
+    assert feats[0, 0].item() == pytest.approx(expected, rel=1e-5)
+    assert feats[0, 1] == 0  # unknown price
+    no_history = torch.zeros(1, 4, dtype=torch.long)
+    assert model.affinities(no_history, torch.ones(1, 4), torch.tensor([[20]]))[0, 0, -1] == 0
     logits = model(torch.randn(1, SPEC.user_dim), hist, torch.ones(1, 4), torch.tensor([[20, 7]]),
                    torch.zeros(1, 2), torch.zeros(1, 2))
     assert model.spec.n_dense == N_DENSE + 1 and logits.shape == (1, 2, 2)
@@ -116,7 +117,7 @@ def test_title_affinities_are_the_weighted_share_of_the_title_found_in_history(i
     model = Ranker(replace(SPEC, title_affinity=True), titled)
     w = dict(zip((4, 8, 9), model.title_idf[1:].tolist()))  # the shared words, renumbered in order
     hist = torch.tensor([[0, 3, 4, 3]])  # three real items with the words {8}, {9, 3}, {8}
-    feats = model.title_affinities(hist, torch.tensor([[2, 5, 8, 9]]))
+    feats = model.affinities(hist, torch.ones(1, 4), torch.tensor([[2, 5, 8, 9]]))[..., N_DENSE - 2:]
     assert feats.shape == (1, 4, 2)
     # Item 2 ({8, 9}): both words are somewhere in the history; 8 in two of the three items, 9 in one.
     expected = [1.0, (2 * w[8] + w[9]) / (w[8] + w[9]) / 3]
@@ -125,8 +126,8 @@ def test_title_affinities_are_the_weighted_share_of_the_title_found_in_history(i
     expected = [w[8] / (w[4] + w[8]), 2 * w[8] / (w[4] + w[8]) / 3]
     assert torch.allclose(feats[0, 1], torch.tensor(expected))
     assert torch.equal(feats[0, 2:], torch.zeros(2, 2))  # no title at all
-    assert torch.equal(model.title_affinities(torch.zeros(1, 3, dtype=torch.long), torch.tensor([[2]])),
-                       torch.zeros(1, 1, 2))  # no history
+    no_history = model.affinities(torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 3), torch.tensor([[2]]))
+    assert torch.equal(no_history[..., N_DENSE - 2:], torch.zeros(1, 1, 2))
 
 
 def test_title_affinity_adds_two_inputs_and_old_specs_load_without_them(items):
@@ -180,3 +181,17 @@ def test_ranker_learns_from_the_trend_counts_alone(items):
     with torch.no_grad():
         p = torch.sigmoid(model(user, hist, gaps, cand, torch.zeros(256, 1), trend))[:, 0, 0]
     assert p[clicked].min() > p[~clicked].max()
+
+
+def test_inference_graph_scores_like_the_model_and_leaves_it_trainable(items):
+    model = Ranker(replace(SPEC, title_affinity=True, category_price=True), items)
+    hist = torch.tensor([[0, 3, 4, 3], [5, 6, 7, 8]])
+    inputs = (torch.randn(2, SPEC.user_dim), hist, torch.rand(2, 4) * 1e5, torch.tensor([[3, 9, 10], [2, 5, 6]]),
+              torch.rand(2, 3), torch.tensor([[0.0, 3, 50], [1, 0, 0]]))
+    graph = inference_graph(model)  # reads every candidate's embeddings from one frozen table
+    with torch.no_grad():
+        assert torch.allclose(graph(*inputs), model(*inputs), atol=1e-6)
+    assert model.frozen_candidates is None  # training goes on reading the embeddings themselves
+    model.train()
+    model(*inputs).sum().backward()
+    assert model.item_emb.weight.grad is not None and model.item_emb.weight.grad.abs().sum() > 0
