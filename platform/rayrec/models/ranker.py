@@ -160,10 +160,10 @@ class Ranker(nn.Module):
         return torch.stack([anywhere, mean], dim=-1)
 
     def relative_to_history(self, hist_items: torch.Tensor, cand: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """([B, C, k] each of the candidate's ``price_levels`` minus its mean over the user's history
-        items with a known price, clamped to ±3; [B, C] 1 where both are known) — 0 otherwise. The
-        plain price input (k = 0) compares log prices across categories whose price levels differ;
-        ``category_price`` (k = 1) compares how dear an item is for its category with what the user picks."""
+        """([B, C, k] each of the candidate's k ``price_levels`` minus its mean over the user's history
+        items with a known price, clamped to ±3; [B, C] 1 where both are known) — 0 otherwise. Level 0,
+        the plain price input, compares log prices across categories whose price levels differ; level 1
+        (``category_price``) compares how dear an item is for its category with what the user picks."""
         known = self.price_known[hist_items].unsqueeze(-1)  # [B, L, 1]; padding: price unknown
         n_known = known.sum(1)  # [B, 1]
         user_level = (self.price_levels[hist_items] * known).sum(1) / n_known.clamp(min=1)  # [B, k]
@@ -256,8 +256,9 @@ def title_words(title: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def inference_graph(model: Ranker) -> torch.jit.ScriptModule:
     """``model`` traced and frozen for inference (TorchScript): the same scores without Python's cost
     per operator, which is most of a 100-candidate request on CPU (measured: 1.06 → 0.61 ms for the
-    demo ranker, one thread), and the candidates' embeddings read from one precomputed table. Batch, candidate and history sizes stay free; works for int8-quantized
-    rankers too. The model is put in eval mode."""
+    demo ranker, one thread), and the candidates' embeddings read from one precomputed table. Batch,
+    candidate and history sizes stay free; works for int8-quantized rankers too. The model is put in
+    eval mode."""
     model.eval()
     spec = model.spec
     device = model.log_pop.device
