@@ -105,10 +105,10 @@ class Ranker(nn.Module):
         if spec.category_price:
             levels.append(leaf_relative(levels[0], price_known, self.categories[:, 2]))
         self.register_buffer("price_levels", torch.stack(levels, -1), persistent=False)
-        cand_keys, hist_keys = item_keys(self.categories, self.brand)
-        self.register_buffer("cand_keys", cand_keys, persistent=False)
-        # [4, N]: a history's keys come out [4, B, L], each key's L values contiguous (see affinities)
-        self.register_buffer("hist_keys", hist_keys.t().contiguous(), persistent=False)
+        cand_slots, hist_slots = group_slots(self.categories, self.brand)
+        self.register_buffer("cand_slots", cand_slots, persistent=False)
+        self.register_buffer("hist_slots", hist_slots, persistent=False)
+        self.n_slots = int(hist_slots.max()) + 2  # the last slot: what a candidate without a brand reads
         if spec.title_affinity:  # sorting and counting every title is start-up work only this input needs
             title, idf = title_words(torch.tensor(items.title, dtype=torch.long))
             self.register_buffer("title", title, persistent=False)
@@ -119,19 +119,25 @@ class Ranker(nn.Module):
     def affinities(self, hist_items: torch.Tensor, hist_gaps_s: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
         """[B, C, n_dense - 2] user-item features from the raw history: every dense input but the
         retrieval score and the trend (``title_affinities`` and ``category_price`` last, when on)."""
-        # One comparison of (item, leaf, top category, brand) keys answers all four "same ..." counts:
-        # a request's cost here is the number of operators, not their size (100 candidates x 50 items).
-        # [B, C, 4, L] with L innermost, not [B, C, L, 4]: the comparison and the count over L run
-        # twice as fast (measured, demo shapes).
-        same = self.cand_keys[cand].unsqueeze(-1) == self.hist_keys[:, hist_items].transpose(0, 1).unsqueeze(1)
-        n_hist = (hist_items > 0).sum(-1, keepdim=True).clamp(min=1).float()  # [B, 1]
-        shares = same.sum(-1).float() / n_hist.unsqueeze(-1)  # [B, C, 4]
+        b = hist_items.shape[0]
+        real = hist_items > 0
+        n_hist = real.sum(-1, keepdim=True).clamp(min=1).float()  # [B, 1]
+        # The same item: compared pair by pair, [B, C, L], which also gives the last touch. The same
+        # leaf, top category or brand: counted once per history in a histogram over those (few) keys,
+        # then read per candidate; comparing them pair by pair too, [B, C, 3, L], was the costliest
+        # feature of a batch of requests.
+        same_item = cand.unsqueeze(-1) == torch.where(real, hist_items, -1).unsqueeze(1)
+        item_share = same_item.sum(-1, keepdim=True).float() / n_hist.unsqueeze(-1)  # [B, C, 1]
+        slots = self.hist_slots[hist_items].reshape(b, -1)  # [B, 3 L]
+        held = torch.zeros(b, self.n_slots, device=cand.device)
+        held.scatter_add_(1, slots, torch.ones_like(slots, dtype=held.dtype))
+        groups = held.gather(1, self.cand_slots[cand].reshape(b, -1)).reshape(cand.shape + (3,))
         big = torch.full_like(hist_gaps_s, 1e9).unsqueeze(1)
-        last_touch = torch.where(same[:, :, 0], hist_gaps_s.unsqueeze(1), big).amin(-1)  # seconds since last touch
+        last_touch = torch.where(same_item, hist_gaps_s.unsqueeze(1), big).amin(-1)  # seconds since last touch
         recency = torch.log1p(last_touch.clamp(max=1e9)) / torch.log1p(torch.tensor(1e9))
         rel_price, price_known = self.relative_to_history(hist_items, cand)
         history_fill = (n_hist / hist_items.shape[1]).expand_as(price_known)
-        parts = [self.log_pop[cand].unsqueeze(-1), shares[..., :1], recency.unsqueeze(-1), shares[..., 1:],
+        parts = [self.log_pop[cand].unsqueeze(-1), item_share, recency.unsqueeze(-1), groups / n_hist.unsqueeze(-1),
                  rel_price[..., :1], torch.stack([price_known, history_fill], -1)]
         if self.spec.title_affinity:
             parts.append(self.title_affinities(hist_items, cand, n_hist))
@@ -218,18 +224,21 @@ def leaf_relative(log_price: torch.Tensor, known: torch.Tensor, leaf: torch.Tens
     return (log_price - total[leaf] / count[leaf].clamp(min=1)) * known
 
 
-def item_keys(categories: torch.Tensor, brand: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per item, the (item id, leaf category, top category, brand) it is compared on by
-    ``Ranker.affinities``, as a candidate [N, 4] and as a history item [N, 4]. An unknown brand (0)
-    matches nothing (-1 for candidates, -2 in history) and the padding item (0) is never in history
-    (-3 throughout): the equality alone then counts only real matches."""
-    ids = torch.arange(len(brand), dtype=torch.long, device=brand.device)
-    keys = torch.stack([ids, categories[:, 2], categories[:, 0], brand], dim=-1)
-    cand_keys, hist_keys = keys.clone(), keys.clone()
-    cand_keys[:, 3] = torch.where(brand > 0, brand, torch.full_like(brand, -1))
-    hist_keys[:, 3] = torch.where(brand > 0, brand, torch.full_like(brand, -2))
-    hist_keys[0] = -3
-    return cand_keys, hist_keys
+def group_slots(categories: torch.Tensor, brand: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per item, the histogram slots of its (leaf category, top category, brand) that
+    ``Ranker.affinities`` counts a history in and reads a candidate from, [N, 3] each: leaves at their
+    category id, top categories after them, brands after those. A history item without a brand and the
+    padding item (0) count in a slot no candidate reads; a candidate without a brand reads a slot no
+    history writes (the last): an unknown brand matches nothing."""
+    n_categories = int(categories.max()) + 1 if categories.numel() else 1
+    n_brands = int(brand.max()) + 1 if brand.numel() else 1
+    cand = torch.stack([categories[:, 2], n_categories + categories[:, 0], 2 * n_categories + brand], dim=-1)
+    unused = 2 * n_categories + n_brands  # written by history, read by no candidate
+    hist = cand.clone()
+    hist[:, 2] = torch.where(brand > 0, hist[:, 2], torch.full_like(brand, unused))
+    hist[0] = unused
+    cand[:, 2] = torch.where(brand > 0, cand[:, 2], torch.full_like(brand, unused + 1))
+    return cand, hist
 
 
 def title_words(title: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
