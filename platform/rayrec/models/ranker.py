@@ -112,7 +112,10 @@ class Ranker(nn.Module):
         if spec.title_affinity:  # sorting and counting every title is start-up work only this input needs
             title, idf = title_words(torch.tensor(items.title, dtype=torch.long))
             self.register_buffer("title", title, persistent=False)
-            self.register_buffer("title_idf", idf, persistent=False)
+            weight = idf[title]  # padding weighs 0
+            # Each title word's share of its title's weight: what title_affinities sums per candidate.
+            self.register_buffer("title_share", weight / weight.sum(-1, keepdim=True).clamp(min=1e-6), persistent=False)
+            self.title_vocab = len(idf)
         # Set by inference_graph while tracing: every item's candidate_embeddings, read with one lookup.
         self.frozen_candidates: torch.Tensor | None = None
 
@@ -146,7 +149,7 @@ class Ranker(nn.Module):
         return torch.cat(parts, dim=-1)
 
     def title_affinities(self, hist_items: torch.Tensor, cand: torch.Tensor, n_hist: torch.Tensor) -> torch.Tensor:
-        """[B, C, 2]: of each candidate's title (its words weighted by ``title_idf``), the share found
+        """[B, C, 2]: of each candidate's title (its words weighted by their idf: ``title_words``), the share found
         anywhere in the titles of the user's history, and the share one history item's title holds on
         average (``n_hist`` [B, 1]: the user's real history items, at least 1). 0 for candidates without
         a title and users without history."""
@@ -155,14 +158,12 @@ class Ranker(nn.Module):
         # hold each word once: title_words). A pairwise comparison of words ([B, C, T, L, T]) doubled
         # a request's latency, binary searches in the sorted history words still cost +30%.
         hist_words = self.title[hist_items].reshape(b, -1)  # [B, L * T]
-        held = torch.zeros(b, self.title_idf.shape[0], dtype=torch.int16, device=cand.device)
-        held.scatter_add_(1, hist_words, torch.ones_like(hist_words, dtype=torch.int16))
-        cand_words = self.title[cand]  # [B, C, T]
-        count = held.gather(1, cand_words.reshape(b, -1)).reshape(cand_words.shape).float()
-        weight = self.title_idf[cand_words]  # padding weighs 0
-        total = weight.sum(-1).clamp(min=1e-6)
-        anywhere = (weight * (count > 0).float()).sum(-1) / total
-        mean = (weight * count).sum(-1) / total / n_hist
+        held = torch.zeros(b, self.title_vocab, device=cand.device)
+        held.scatter_add_(1, hist_words, torch.ones_like(hist_words, dtype=held.dtype))
+        count = held.gather(1, self.title[cand].reshape(b, -1)).reshape(cand.shape + (-1,))  # [B, C, T]
+        share = self.title_share[cand]
+        anywhere = (share * (count > 0)).sum(-1)
+        mean = (share * count).sum(-1) / n_hist
         return torch.stack([anywhere, mean], dim=-1)
 
     def relative_to_history(self, hist_items: torch.Tensor, cand: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

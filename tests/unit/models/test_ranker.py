@@ -127,7 +127,8 @@ def test_title_affinities_are_the_weighted_share_of_the_title_found_in_history(i
     # rows 8.. have no title; item 5 repeats a word, which counts once; 3 is one title's word only
     titled.title[2:8] = [[8, 9, 0, 0], [8, 0, 0, 0], [9, 3, 0, 0], [4, 4, 8, 0], [4, 9, 0, 0], [8, 0, 0, 0]]
     model = Ranker(replace(SPEC, title_affinity=True), titled)
-    w = dict(zip((4, 8, 9), model.title_idf[1:].tolist()))  # the shared words, renumbered in order
+    idf = title_words(torch.tensor(titled.title, dtype=torch.long))[1]
+    w = dict(zip((4, 8, 9), idf[1:].tolist()))  # the shared words, renumbered in order
     hist = torch.tensor([[0, 3, 4, 3]])  # three real items with the words {8}, {9, 3}, {8}
     feats = model.affinities(hist, torch.ones(1, 4), torch.tensor([[2, 5, 8, 9]]))[..., N_DENSE - 2:]
     assert feats.shape == (1, 4, 2)
