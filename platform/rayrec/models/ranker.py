@@ -105,16 +105,16 @@ class Ranker(nn.Module):
         if spec.category_price:
             levels.append(leaf_relative(levels[0], price_known, self.categories[:, 2]))
         self.register_buffer("price_levels", torch.stack(levels, -1), persistent=False)
-        cand_slots, hist_slots = group_slots(self.categories, self.brand)
+        cand_slots, hist_slots, self.n_slots = group_slots(self.categories, self.brand)
         self.register_buffer("cand_slots", cand_slots, persistent=False)
         self.register_buffer("hist_slots", hist_slots, persistent=False)
-        self.n_slots = int(hist_slots.max()) + 2  # the last slot: what a candidate without a brand reads
         if spec.title_affinity:  # sorting and counting every title is start-up work only this input needs
             title, idf = title_words(torch.tensor(items.title, dtype=torch.long))
             self.register_buffer("title", title, persistent=False)
             weight = idf[title]  # padding weighs 0
             # Each title word's share of its title's weight: what title_affinities sums per candidate.
-            self.register_buffer("title_share", weight / weight.sum(-1, keepdim=True).clamp(min=1e-6), persistent=False)
+            share = weight / weight.sum(-1, keepdim=True).clamp(min=1e-6)
+            self.register_buffer("title_share", share, persistent=False)
             self.title_vocab = len(idf)
         # Set by inference_graph while tracing: every item's candidate_embeddings, read with one lookup.
         self.frozen_candidates: torch.Tensor | None = None
@@ -149,10 +149,10 @@ class Ranker(nn.Module):
         return torch.cat(parts, dim=-1)
 
     def title_affinities(self, hist_items: torch.Tensor, cand: torch.Tensor, n_hist: torch.Tensor) -> torch.Tensor:
-        """[B, C, 2]: of each candidate's title (its words weighted by their idf: ``title_words``), the share found
-        anywhere in the titles of the user's history, and the share one history item's title holds on
-        average (``n_hist`` [B, 1]: the user's real history items, at least 1). 0 for candidates without
-        a title and users without history."""
+        """[B, C, 2]: of each candidate's title (its words weighted by their idf: ``title_words``), the
+        share found anywhere in the titles of the user's history, and the share one history item's title
+        holds on average (``n_hist`` [B, 1]: the user's real history items, at least 1). 0 for candidates
+        without a title and users without history."""
         b = hist_items.shape[0]
         # How many history titles hold each word: a histogram over the shared words per row (titles
         # hold each word once: title_words). A pairwise comparison of words ([B, C, T, L, T]) doubled
@@ -225,12 +225,12 @@ def leaf_relative(log_price: torch.Tensor, known: torch.Tensor, leaf: torch.Tens
     return (log_price - total[leaf] / count[leaf].clamp(min=1)) * known
 
 
-def group_slots(categories: torch.Tensor, brand: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def group_slots(categories: torch.Tensor, brand: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Per item, the histogram slots of its (leaf category, top category, brand) that
-    ``Ranker.affinities`` counts a history in and reads a candidate from, [N, 3] each: leaves at their
-    category id, top categories after them, brands after those. A history item without a brand and the
-    padding item (0) count in a slot no candidate reads; a candidate without a brand reads a slot no
-    history writes (the last): an unknown brand matches nothing."""
+    ``Ranker.affinities`` counts a history in and reads a candidate from, [N, 3] each, and the number
+    of slots: leaves at their category id, top categories after them, brands after those. A history
+    item without a brand and the padding item (0) count in a slot no candidate reads; a candidate
+    without a brand reads a slot no history writes (the last): an unknown brand matches nothing."""
     n_categories = int(categories.max()) + 1 if categories.numel() else 1
     n_brands = int(brand.max()) + 1 if brand.numel() else 1
     cand = torch.stack([categories[:, 2], n_categories + categories[:, 0], 2 * n_categories + brand], dim=-1)
@@ -239,7 +239,7 @@ def group_slots(categories: torch.Tensor, brand: torch.Tensor) -> tuple[torch.Te
     hist[:, 2] = torch.where(brand > 0, hist[:, 2], torch.full_like(brand, unused))
     hist[0] = unused
     cand[:, 2] = torch.where(brand > 0, cand[:, 2], torch.full_like(brand, unused + 1))
-    return cand, hist
+    return cand, hist, unused + 2
 
 
 def title_words(title: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
