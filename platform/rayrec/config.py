@@ -185,7 +185,8 @@ class RankerConfig(Section):
                                       "chosen after the last epoch among TREND_BOOST_GRID (train/systems.py): the "
                                       "smallest whose validation NDCG@20 (two-stage) is within one standard error "
                                       "of the best, and saved with the ranker (that epoch's valid metrics include "
-                                      "it); a number fixes it (0: none).")
+                                      "it; a compressed ranker's fine-tuning chooses its own); a number fixes it "
+                                      "(0: none).")
 
 
 class CompressConfig(Section):

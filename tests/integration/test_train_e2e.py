@@ -137,22 +137,29 @@ def test_compression_shrinks_prunes_quantizes_and_is_measured(trained, tmp_path)
     from rayrec.compress.pipeline import run_compression
     from rayrec.compress.quantize import is_quantized
 
-    root, cfg, _, _, ranker = trained
+    root, cfg, _, _, _ = trained
     cfg = cfg.model_copy(update={"compress": cfg.compress.model_copy(update={
         "deep": 0.5, "cross_rank": 0.5, "embedding_dim": 0.25, "sparsity": 0.5, "quantize": True,
         "finetune_epochs": 1})})
     ctx = load_context(cfg)
-    result = run_compression(ctx, root / "runs", tmp_path / "compressed")
+    runs = tmp_path / "runs"  # a copy whose dense ranker carries a boost off the grid
+    shutil.copytree(root / "runs", runs)
+    dense_meta = json.loads((runs / "ranker" / "meta.json").read_text())
+    dense_meta["spec"]["trend_boost"] = 0.3
+    (runs / "ranker" / "meta.json").write_text(json.dumps(dense_meta))
+    result = run_compression(ctx, runs, tmp_path / "compressed")
     dense, small = result["dense"], result["compressed"]
     assert small["parameters"] < 0.6 * dense["parameters"]  # structured: tensors really shrank
     assert small["nonzero_parameters"] < small["parameters"]  # unstructured zeros on top
     assert small["size_bytes"] < 0.5 * dense["size_bytes"]  # shrink + int8
     assert 0 <= small["valid_ndcg@20"] <= 1 and small["p99_ms"] > 0
     meta = read_meta(tmp_path / "compressed")
-    spec, dense_spec = meta["spec"], read_meta(ranker.bundle)["spec"]
+    spec, dense_spec = meta["spec"], dense_meta["spec"]
     assert spec["cross_rank"] < dense_spec["cross_rank"] and spec["dim"] < dense_spec["dim"]
     assert meta["compression"]["quantization"] == "int8_dynamic"
     assert meta["compression"]["unstructured"]["kind"] == "unstructured"
+    # fine-tuning moves the scale of the ranker's probabilities: its boost is fitted again on validation
+    assert spec["trend_boost"] in TREND_BOOST_GRID
     assert is_quantized(load_compressed_ranker(tmp_path / "compressed", ctx.items, ctx.vocab_fingerprint))
 
 
