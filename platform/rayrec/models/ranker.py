@@ -131,10 +131,7 @@ class Ranker(nn.Module):
         # feature of a batch of requests.
         same_item = cand.unsqueeze(-1) == torch.where(real, hist_items, -1).unsqueeze(1)
         item_share = same_item.sum(-1, keepdim=True).float() / n_hist.unsqueeze(-1)  # [B, C, 1]
-        slots = self.hist_slots[hist_items].reshape(b, -1)  # [B, 3 L]
-        held = torch.zeros(b, self.n_slots, device=cand.device)
-        held.scatter_add_(1, slots, torch.ones_like(slots, dtype=held.dtype))
-        groups = held.gather(1, self.cand_slots[cand].reshape(b, -1)).reshape(cand.shape + (3,))
+        groups = counts_in_history(self.hist_slots[hist_items].reshape(b, -1), self.cand_slots[cand], self.n_slots)
         big = torch.full_like(hist_gaps_s, 1e9).unsqueeze(1)
         last_touch = torch.where(same_item, hist_gaps_s.unsqueeze(1), big).amin(-1)  # seconds since last touch
         recency = torch.log1p(last_touch.clamp(max=1e9)) / torch.log1p(torch.tensor(1e9))
@@ -157,11 +154,8 @@ class Ranker(nn.Module):
         # How many history titles hold each word: a histogram over the shared words per row (titles
         # hold each word once: title_words). A pairwise comparison of words ([B, C, T, L, T]) doubled
         # a request's latency, binary searches in the sorted history words still cost +30%.
-        hist_words = self.title[hist_items].reshape(b, -1)  # [B, L * T]
-        held = torch.zeros(b, self.title_vocab, device=cand.device)
-        held.scatter_add_(1, hist_words, torch.ones_like(hist_words, dtype=held.dtype))
-        count = held.gather(1, self.title[cand].reshape(b, -1)).reshape(cand.shape + (-1,))  # [B, C, T]
-        share = self.title_share[cand]
+        count = counts_in_history(self.title[hist_items].reshape(b, -1), self.title[cand], self.title_vocab)
+        share = self.title_share[cand]  # [B, C, T], as count
         anywhere = (share * (count > 0)).sum(-1)
         mean = (share * count).sum(-1) / n_hist
         return torch.stack([anywhere, mean], dim=-1)
@@ -223,6 +217,15 @@ def leaf_relative(log_price: torch.Tensor, known: torch.Tensor, leaf: torch.Tens
     total = torch.zeros(n_leaves, dtype=log_price.dtype).index_add_(0, leaf, log_price * known)
     count = torch.zeros(n_leaves, dtype=log_price.dtype).index_add_(0, leaf, known)
     return (log_price - total[leaf] / count[leaf].clamp(min=1)) * known
+
+
+def counts_in_history(history_keys: torch.Tensor, candidate_keys: torch.Tensor, n_keys: int) -> torch.Tensor:
+    """How often each of ``candidate_keys`` [B, C, k] occurs among its row's ``history_keys`` [B, m] (keys
+    in [0, n_keys)), as float [B, C, k]: one histogram per row, read per candidate."""
+    b = history_keys.shape[0]
+    held = torch.zeros(b, n_keys, device=history_keys.device)
+    held.scatter_add_(1, history_keys, torch.ones_like(history_keys, dtype=held.dtype))
+    return held.gather(1, candidate_keys.reshape(b, -1)).reshape(candidate_keys.shape)
 
 
 def group_slots(categories: torch.Tensor, brand: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:

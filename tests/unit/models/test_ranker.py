@@ -68,7 +68,6 @@ def test_category_brand_and_price_affinities_by_hand(items):
     assert no_history[0, :, 1:8].tolist() == [[0, 1, 0, 0, 0, 0, 0]] * 2  # touched "never", no price level
 
 
-
 def test_affinities_of_a_batch_are_each_request_alone(items):
     # the leaf/top/brand counts are a histogram per request: one request's history must not reach another's
     model = Ranker(SPEC, items)
@@ -80,6 +79,8 @@ def test_affinities_of_a_batch_are_each_request_alone(items):
         alone = model.affinities(hist[row:row + 1], gaps[row:row + 1], cand[row:row + 1])
         assert torch.equal(batch[row:row + 1], alone)
     assert batch[1, 0, 1] == 0.5 and batch[2].abs().sum() > 0  # item 7 is half of row 1's history
+
+
 def test_leaf_relative_prices_subtract_the_mean_log_price_of_the_priced_items_of_the_leaf():
     log_price = torch.tensor([0.0, 1.0, 3.0, 9.0, 2.0, 5.0])
     known = torch.tensor([0.0, 1.0, 1.0, 0.0, 1.0, 1.0])  # item 3's price is unknown: it sets no level
