@@ -1,7 +1,8 @@
-"""Compression benchmark: the dense ranker vs structurally pruned (several ratios) vs pruned + int8
-vs unstructured-only, on quality (validation NDCG@20 / Recall@20 of retrieval + ranker), CPU scoring
-latency (p50/p99 per request and per serving batch of 16 requests, 1 thread, all models timed in
-turns, in the TorchScript form the ranking deployment serves and eagerly) and size, in one run per dataset.
+"""Compression benchmark: the dense ranker vs structurally pruned (several ratios; the title inputs
+removed) vs pruned + int8 vs unstructured-only, on quality (validation NDCG@20 / Recall@20 of
+retrieval + ranker), CPU scoring latency (p50/p99 per request and per serving batch of 16 requests,
+1 thread, all models timed in turns, in the TorchScript form the ranking deployment serves and
+eagerly) and size, in one run per dataset.
 
 Reuses the models `benchmarks/quality.py` trained (benchmarks/results/quality/<dataset>/); run that
 first. Every variant is fine-tuned for the same epochs from the same dense model, ``--seeds`` times
@@ -46,13 +47,18 @@ VARIANTS: dict[str, dict[str, object]] = {
     "structured 50% + int8": {"deep": 0.5, "cross_rank": 0.5, "embedding_dim": 0.5, "quantize": True},
     "structured 50% + 50% sparse + int8": {"deep": 0.5, "cross_rank": 0.5, "embedding_dim": 0.5, "sparsity": 0.5,
                                            "quantize": True},
+    # The title affinities' per-request work is ~15% of one request, more than half of what the widths save.
+    "title inputs removed only": {"drop_title_affinity": True},
+    "structured 50%, title inputs removed": {"deep": 0.5, "cross_rank": 0.5, "embedding_dim": 0.5,
+                                             "drop_title_affinity": True},
     "unstructured 50% only": {"sparsity": 0.5},
     "int8 only": {"quantize": True},
 }
 LATENCY_ROUNDS = 400  # each model scores one request per round, in turns
 # Requests the ranking deployment scores in one call when busy (its @serve.batch merges them; max 32).
 SERVING_BATCH = 16
-NEUTRAL = {"deep": 0.0, "cross_rank": 0.0, "embedding_dim": 0.0, "sparsity": 0.0, "quantize": False}
+NEUTRAL = {"deep": 0.0, "cross_rank": 0.0, "embedding_dim": 0.0, "sparsity": 0.0, "quantize": False,
+           "drop_title_affinity": False, "drop_category_price": False}
 console = Console(width=200)
 
 

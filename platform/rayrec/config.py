@@ -195,6 +195,11 @@ class CompressConfig(Section):
     cross_rank: float = Field(0.0, ge=0, lt=1, description="Structured: share of each cross layer's rank removed.")
     embedding_dim: float = Field(0.0, ge=0, lt=1, description="Structured: share of the ranker's categorical "
                                  "embedding dimensions removed.")
+    drop_title_affinity: bool = Field(False, description="Structured: remove the ranker's two title-affinity "
+                                      "inputs and the per-request work computing them (ranker.title_affinity), "
+                                      "the costliest of its inputs per request.")
+    drop_category_price: bool = Field(False, description="Structured: remove the ranker's leaf-relative price "
+                                      "input (ranker.category_price).")
     sparsity: float = Field(0.0, ge=0, lt=1, description="Unstructured: final share of zeroed weights "
                             "(magnitude, cubic schedule over fine-tuning); zeroes weights, shrinks nothing.")
     quantize: bool = Field(False, description="int8 dynamic quantization of the ranker's Linear layers at load.")

@@ -140,7 +140,7 @@ def test_compression_shrinks_prunes_quantizes_and_is_measured(trained, tmp_path)
     root, cfg, _, _, _ = trained
     cfg = cfg.model_copy(update={"compress": cfg.compress.model_copy(update={
         "deep": 0.5, "cross_rank": 0.5, "embedding_dim": 0.25, "sparsity": 0.5, "quantize": True,
-        "finetune_epochs": 1})})
+        "drop_title_affinity": True, "finetune_epochs": 1})})
     ctx = load_context(cfg)
     runs = tmp_path / "runs"  # a copy whose dense ranker carries a boost off the grid
     shutil.copytree(root / "runs", runs)
@@ -156,6 +156,8 @@ def test_compression_shrinks_prunes_quantizes_and_is_measured(trained, tmp_path)
     meta = read_meta(tmp_path / "compressed")
     spec, dense_spec = meta["spec"], dense_meta["spec"]
     assert spec["cross_rank"] < dense_spec["cross_rank"] and spec["dim"] < dense_spec["dim"]
+    assert dense_spec["title_affinity"] and not spec["title_affinity"]  # the input group and its work removed
+    assert meta["compression"]["structured"]["ratios"]["inputs"] == ["title_affinity"]
     assert meta["compression"]["quantization"] == "int8_dynamic"
     assert meta["compression"]["unstructured"]["kind"] == "unstructured"
     # fine-tuning moves the scale of the ranker's probabilities: its boost is fitted again on validation

@@ -70,7 +70,9 @@ def compress_ranker(ctx: ModelContext, retrieval_dir: Path, ranker: Ranker, io: 
     """Shrink ``ranker`` by ``c``'s ratios, fine-tune it on ``io`` with gradual pruning to ``c.sparsity``
     (distilling from ``ranker`` by ``c.distill``), save it (float weights; quantization recorded,
     applied at load). Returns the bundle folder."""
-    ratios = ShrinkRatios(deep=c.deep, cross_rank=c.cross_rank, embedding_dim=c.embedding_dim)
+    dropped = {"title_affinity": c.drop_title_affinity, "category_price": c.drop_category_price}
+    ratios = ShrinkRatios(deep=c.deep, cross_rank=c.cross_rank, embedding_dim=c.embedding_dim,
+                          inputs=tuple(group for group, drop in dropped.items() if drop))
     shrunk = shrink_ranker(ranker, ratios, ctx.items)
     pruner = None
     if c.sparsity > 0:

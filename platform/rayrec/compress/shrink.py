@@ -7,6 +7,11 @@ in training, evaluation or serving. Units are ranked by magnitude, the classic h
 unit by ‖incoming weights‖₂ × ‖outgoing weights‖₂, a cross layer's rank dimension by ‖row of
 ``down``‖₂ × ‖column of ``up``‖₂. Kept units keep their order, so ratio 0 is an exact copy.
 
+Removing an optional input group (``ShrinkRatios.inputs``, e.g. the title affinities) drops its x0
+columns like any unit, and the smaller spec turns the group off, so the per-request work computing
+it goes too. That work, not the layers' width, is most of one request's latency (demo ranker, one
+request of 100 candidates: the MLP ~35%; the title affinities alone ~15%).
+
 Shrinking ``embedding_dim`` is the one cut that is not a pure deletion: x0 (user vector, four
 embeddings, dense features) passes a LayerNorm over its whole width before the cross layers
 multiply it elementwise, so dropping columns changes the mean and variance every remaining column
@@ -24,7 +29,7 @@ from torch import nn
 
 from rayrec.compress.prune import is_reparametrised
 from rayrec.features.items import ItemFeatureTable
-from rayrec.models.ranker import Ranker
+from rayrec.models.ranker import OPTIONAL_INPUTS, Ranker, RankerSpec
 from rayrec.models.two_tower import TwoTowerModel
 
 EMBEDDING_TABLES = ("item_emb", "cat_emb", "brand_emb", "price_emb")  # x0 order after the user vector
@@ -32,19 +37,27 @@ EMBEDDING_TABLES = ("item_emb", "cat_emb", "brand_emb", "price_emb")  # x0 order
 
 @dataclass(frozen=True)
 class ShrinkRatios:
-    """Share of units to remove, per part of the Ranker: each in [0, 1)."""
+    """Share of units to remove, per part of the Ranker: each in [0, 1); and optional input groups to
+    remove whole."""
 
     deep: float = 0.0  # hidden units of every deep layer
     cross_rank: float = 0.0  # the low-rank dimension of every cross layer
     embedding_dim: float = 0.0  # columns of the four categorical embeddings (spec.dim)
+    # Keys of models.ranker.OPTIONAL_INPUTS: their x0 columns go, and so does the work computing them
+    # per request (the spec turns them off), which no width ratio can remove.
+    inputs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        for name, value in asdict(self).items():
+        for name in ("deep", "cross_rank", "embedding_dim"):
+            value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"ratio {name!r} must be in [0, 1), got {value}")
+        unknown = sorted(set(self.inputs) - set(OPTIONAL_INPUTS))
+        if unknown:
+            raise ValueError(f"inputs {unknown} cannot be removed; removable inputs: {sorted(OPTIONAL_INPUTS)}")
 
-    def to_dict(self) -> dict[str, float]:
-        return asdict(self)
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "inputs": list(self.inputs)}
 
 
 def kept_count(n: int, ratio: float) -> int:
@@ -84,12 +97,14 @@ def _embedding_column_scores(model: Ranker) -> torch.Tensor:
     return scores
 
 
-def _x0_positions(user_dim: int, dim: int, n_dense: int, columns: torch.Tensor) -> torch.Tensor:
-    """Positions of x0 kept when the embedding columns ``columns`` are kept: all of the user vector,
-    those columns of each of the four embeddings, all dense features."""
-    parts = [torch.arange(user_dim)]
-    parts += [user_dim + t * dim + columns for t in range(len(EMBEDDING_TABLES))]
-    parts.append(torch.arange(user_dim + 4 * dim, user_dim + 4 * dim + n_dense))
+def _x0_positions(spec: RankerSpec, columns: torch.Tensor, dense_inputs: tuple[str, ...]) -> torch.Tensor:
+    """Positions of ``spec``'s x0 kept when the embedding columns ``columns`` and the dense inputs
+    ``dense_inputs`` are kept: all of the user vector, those columns of each of the four embeddings,
+    those dense inputs."""
+    parts = [torch.arange(spec.user_dim)]
+    parts += [spec.user_dim + t * spec.dim + columns for t in range(len(EMBEDDING_TABLES))]
+    start = spec.user_dim + 4 * spec.dim
+    parts.append(torch.tensor([start + spec.dense_inputs.index(name) for name in dense_inputs], dtype=torch.long))
     return torch.cat(parts)
 
 
@@ -108,7 +123,8 @@ def shrink_ranker(model: Ranker, ratios: ShrinkRatios, items: ItemFeatureTable) 
         raise ValueError("model carries pruning masks; call make_permanent(model) before shrinking")
     spec = model.spec
     columns = top_units(_embedding_column_scores(model), kept_count(spec.dim, ratios.embedding_dim))
-    positions = _x0_positions(spec.user_dim, spec.dim, spec.n_dense, columns)
+    without = replace(spec, **{group: False for group in ratios.inputs})
+    positions = _x0_positions(spec, columns, without.dense_inputs)
     rank = kept_count(spec.cross_rank, ratios.cross_rank)
     ranks = [top_units(_unit_scores(c.down.weight, c.up.weight).cpu(), rank) for c in model.cross]
     linears = _deep_linears(model)
@@ -116,7 +132,7 @@ def shrink_ranker(model: Ranker, ratios: ShrinkRatios, items: ItemFeatureTable) 
     hidden = [top_units(_unit_scores(lin.weight, nxt.weight).cpu(), kept_count(lin.out_features, ratios.deep))
               for lin, nxt in zip(linears, following)]  # fmt: skip
 
-    small = Ranker(replace(spec, dim=len(columns), cross_rank=rank, deep_layers=[len(h) for h in hidden]), items)
+    small = Ranker(replace(without, dim=len(columns), cross_rank=rank, deep_layers=[len(h) for h in hidden]), items)
     small = small.to(model.norm.weight.device)
     for table in EMBEDDING_TABLES:
         _copy(getattr(small, table).weight, getattr(model, table).weight[:, columns])

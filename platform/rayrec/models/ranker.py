@@ -30,7 +30,12 @@ from torch import nn
 
 from rayrec.features.items import ItemFeatureTable
 
-N_DENSE = 11  # dense inputs without the optional ones (title_affinity: two more, category_price: one)
+# The dense inputs in x0's order (after the user vector and the four embeddings); the optional ones,
+# appended in this order when the spec turns them on, are what structured pruning can remove whole.
+BASE_INPUTS = ("retrieval_score", "trend", "popularity", "item_share", "item_recency", "same_leaf",
+               "same_top_category", "same_brand", "relative_price", "price_known", "history_fill")
+OPTIONAL_INPUTS = {"title_affinity": ("title_anywhere", "title_mean"), "category_price": ("leaf_relative_price",)}
+N_DENSE = len(BASE_INPUTS)
 HEADS = ("click", "purchase")
 
 
@@ -51,8 +56,14 @@ class RankerSpec:
     category_price: bool = False  # the leaf-relative price input (False: bundles saved before it existed)
 
     @property
+    def dense_inputs(self) -> tuple[str, ...]:
+        """Names of the dense inputs, in x0's order."""
+        on = {"title_affinity": self.title_affinity, "category_price": self.category_price}
+        return BASE_INPUTS + tuple(name for group, names in OPTIONAL_INPUTS.items() if on[group] for name in names)
+
+    @property
     def n_dense(self) -> int:
-        return N_DENSE + 2 * self.title_affinity + self.category_price
+        return len(self.dense_inputs)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)

@@ -65,11 +65,33 @@ def test_embedding_columns_are_dropped_together_across_tables(ranker, items):
     assert torch.equal(small.norm.weight[user_cols], ranker.norm.weight[user_cols])
 
 
+def test_removing_an_input_group_drops_its_columns_and_the_work_computing_them(ranker, items):
+    small = shrink_ranker(ranker, ShrinkRatios(inputs=("title_affinity",)), items)
+    assert not small.spec.title_affinity and small.spec.category_price
+    assert not hasattr(small, "title_share")  # the per-request title histogram is gone, not just unread
+    names = SPEC.dense_inputs
+    assert small.spec.dense_inputs == tuple(n for n in names if n not in ("title_anywhere", "title_mean"))
+    start = SPEC.user_dim + 4 * SPEC.dim
+    kept = [i for i in range(start + len(names)) if i < start or names[i - start] in small.spec.dense_inputs]
+    assert torch.equal(small.norm.weight, ranker.norm.weight[kept])
+    assert torch.equal(small.cross[1].down.weight, ranker.cross[1].down.weight[:, kept])
+    assert torch.equal(small.cross[0].up.bias, ranker.cross[0].up.bias[kept])
+    assert torch.equal(small.deep[0].weight, ranker.deep[0].weight[:, kept])
+    # The leaf-relative price after the removed pair still reads its own column.
+    x = batch_inputs()
+    user, hist, gaps, cand = x[:4]
+    with torch.no_grad():
+        assert torch.equal(small.affinities(hist, gaps, cand)[..., -1], ranker.affinities(hist, gaps, cand)[..., -1])
+        assert small(*x).shape == ranker(*x).shape
+
+
 def test_ratios_are_validated():
     with pytest.raises(ValueError, match="deep"):
         ShrinkRatios(deep=1.0)
     with pytest.raises(ValueError, match="cross_rank"):
         ShrinkRatios(cross_rank=-0.1)
+    with pytest.raises(ValueError, match="removable inputs"):
+        ShrinkRatios(inputs=("trend",))
 
 
 def test_structured_record_names_ratios_and_both_specs(ranker, items):
