@@ -21,7 +21,7 @@ from rayrec.compress.prune import GradualMagnitudePruner, make_permanent, ranker
 from rayrec.compress.quantize import INT8_DYNAMIC
 from rayrec.compress.shrink import ShrinkRatios, shrink_ranker, structured_record
 from rayrec.config import CompressConfig, ConfigError
-from rayrec.models.ranker import Ranker
+from rayrec.models.ranker import OPTIONAL_INPUTS, Ranker
 from rayrec.train.loop import LoopIO, ModelContext, RankerStart, load_two_tower, train_ranker
 from rayrec.train.offline import load_ranker
 from rayrec.train.systems import two_stage_metrics
@@ -70,9 +70,8 @@ def compress_ranker(ctx: ModelContext, retrieval_dir: Path, ranker: Ranker, io: 
     """Shrink ``ranker`` by ``c``'s ratios, fine-tune it on ``io`` with gradual pruning to ``c.sparsity``
     (distilling from ``ranker`` by ``c.distill``), save it (float weights; quantization recorded,
     applied at load). Returns the bundle folder."""
-    dropped = {"title_affinity": c.drop_title_affinity, "category_price": c.drop_category_price}
     ratios = ShrinkRatios(deep=c.deep, cross_rank=c.cross_rank, embedding_dim=c.embedding_dim,
-                          inputs=tuple(group for group, drop in dropped.items() if drop))
+                          inputs=tuple(group for group in OPTIONAL_INPUTS if getattr(c, f"drop_{group}")))
     shrunk = shrink_ranker(ranker, ratios, ctx.items)
     pruner = None
     if c.sparsity > 0:

@@ -34,6 +34,7 @@ from rayrec.features.items import ItemFeatureTable
 # appended in this order when the spec turns them on, are what structured pruning can remove whole.
 BASE_INPUTS = ("retrieval_score", "trend", "popularity", "item_share", "item_recency", "same_leaf",
                "same_top_category", "same_brand", "relative_price", "price_known", "history_fill")
+# Keyed by the RankerSpec flag that turns each group on (and CompressConfig's drop_<flag> removes).
 OPTIONAL_INPUTS = {"title_affinity": ("title_anywhere", "title_mean"), "category_price": ("leaf_relative_price",)}
 N_DENSE = len(BASE_INPUTS)
 HEADS = ("click", "purchase")
@@ -58,8 +59,8 @@ class RankerSpec:
     @property
     def dense_inputs(self) -> tuple[str, ...]:
         """Names of the dense inputs, in x0's order."""
-        on = {"title_affinity": self.title_affinity, "category_price": self.category_price}
-        return BASE_INPUTS + tuple(name for group, names in OPTIONAL_INPUTS.items() if on[group] for name in names)
+        return BASE_INPUTS + tuple(name for group, names in OPTIONAL_INPUTS.items() if getattr(self, group)
+                                   for name in names)
 
     @property
     def n_dense(self) -> int:

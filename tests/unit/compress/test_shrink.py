@@ -85,6 +85,17 @@ def test_removing_an_input_group_drops_its_columns_and_the_work_computing_them(r
         assert small(*x).shape == ranker(*x).shape
 
 
+def test_every_removable_input_group_has_its_spec_flag_and_config_switch():
+    from dataclasses import fields
+
+    from rayrec.config import CompressConfig
+    from rayrec.models.ranker import OPTIONAL_INPUTS
+
+    spec_flags = {f.name for f in fields(RankerSpec)}
+    for group in OPTIONAL_INPUTS:  # compress_ranker and RankerSpec.dense_inputs read them by these names
+        assert group in spec_flags and f"drop_{group}" in CompressConfig.model_fields
+
+
 def test_ratios_are_validated():
     with pytest.raises(ValueError, match="deep"):
         ShrinkRatios(deep=1.0)
