@@ -98,6 +98,8 @@ def test_the_ranker_keeps_the_trend_boost_fitted_on_validation(trained):
     chosen = model.spec.trend_boost
     assert chosen == meta["spec"]["trend_boost"] and chosen in fit
     assert ranker.metrics[-1]["valid_ndcg@20"] == pytest.approx(fit[chosen]["valid_ndcg@20"])
+    # each epoch records the boost it was scored under: the spec's default before the last
+    assert [m["trend_boost"] for m in ranker.metrics] == [0.0] * (len(ranker.metrics) - 1) + [chosen]
     # the saved boost is the one the evaluation of the loaded model measures
     again = two_stage_metrics(load_two_tower(ctx, retrieval.bundle), model, ctx.valid, cfg, cfg.train.eval_users)
     assert again == pytest.approx(fit[chosen])

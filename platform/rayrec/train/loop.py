@@ -321,6 +321,9 @@ def train_ranker(ctx: ModelContext, io: LoopIO, retrieval_dir: Path, begin: Rank
                 metrics.update(fit[model.spec.trend_boost])
             else:
                 metrics.update(two_stage_metrics(retrieval, model, ctx.valid, cfg, cfg.train.eval_users))
+            # Earlier epochs score under the spec's boost (0 unless set), the last under the fitted one:
+            # the curves mark the change, so the last epoch's jump is not read as learning.
+            metrics["trend_boost"] = float(model.spec.trend_boost)
         _end_epoch(io, model, optimizer, meta, history, metrics)
 
 
