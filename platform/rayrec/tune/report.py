@@ -66,6 +66,12 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+def _budget(limit: float | None, unit: str) -> str:
+    if limit is None:
+        return "none"
+    return f"{limit:,} {unit}" if isinstance(limit, int) else f"{limit:g} {unit}"
+
+
 def write_markdown(rows: list[TrialRow], front: list[TrialRow], chosen: TrialRow, within: bool,
                    rule: TuneConfig, path: Path) -> Path:
     keys = sorted({k for r in rows for k in r.params})
@@ -76,7 +82,7 @@ def write_markdown(rows: list[TrialRow], front: list[TrialRow], chosen: TrialRow
              "1 thread (min); size as marker. Completed trials are the compressed model after fine-tuning; "
              "early-stopped ones (ASHA) show their dense model.", "",
              f"Chosen: **{chosen.trial}** ({'within' if within else 'no trial met'} the budgets: latency "
-             f"{rule.latency_budget_ms} ms, size {rule.size_budget_bytes} bytes).", "",
+             f"{_budget(rule.latency_budget_ms, 'ms')}, size {_budget(rule.size_budget_bytes, 'bytes')}).", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in sorted(rows, key=lambda r: -r.value(QUALITY) if r.error is None else 1):
         status = "error" if r.error else ("completed" if r.completed else "stopped")

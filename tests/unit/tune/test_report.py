@@ -37,6 +37,10 @@ def test_report_and_plot_are_written(tmp_path):
     chosen, within = choose(ROWS, TuneConfig())
     md = write_markdown(ROWS, front, chosen, within, TuneConfig(), tmp_path / "tune_report.md").read_text()
     assert "a (chosen)" in md and md.count("\n| ") == len(ROWS) + 1 and "error" in md
+    assert "latency none, size none)" in md  # an unset budget reads as none, not "None bytes"
+    rule = TuneConfig(latency_budget_ms=4.0, size_budget_bytes=1_500_000)
+    md = write_markdown(ROWS, front, chosen, within, rule, tmp_path / "budgets.md").read_text()
+    assert "latency 4 ms, size 1,500,000 bytes)" in md
     assert plot_pareto(ROWS, front, chosen, tmp_path / "pareto.png").stat().st_size > 0
 
 
