@@ -91,17 +91,18 @@ def run_dataset(name: str, quick: bool, refit: bool, seeds: list[int]) -> dict:
         table["seed"] = [seed if _is_ours(system) else None for system in table["system"]]
         tables.append(table)
         ours_per_user.append(table.attrs["per_user"][HEADLINE])
-        boosts[seed] = read_meta(ranker)["spec"]["trend_boost"]
+        spec = read_meta(ranker)["spec"]
+        boosts[seed] = {name: spec.get(name, 0.0) for name in ("trend_boost", "collaborative_boost")}
     intervals = {}
     for metric in METRICS:  # paired over test users: the seeds' mean per user vs the best baseline's
         base_name, _ = _best_baseline(tables[0].to_dict(orient="records"), metric)
         ours = np.mean([u[metric] for u in ours_per_user], axis=0)
         intervals[metric] = paired_ratio_interval(ours, tables[0].attrs["per_user"][base_name][metric])
     table = pd.concat(tables, ignore_index=True)
-    if refit:  # the same settings (epochs, the boost chosen on validation), learning from valid too
-        boost = boosts[seeds[0]]
+    if refit:  # the same settings (epochs, the boosts chosen on validation), learning from valid too
+        chosen = [f"ranker.{k}={v}" for k, v in boosts[seeds[0]].items()]
         refit_cfg = dataset_config(name, [*epochs, f"train.seed={seeds[0]}", "train.include_valid=true",
-                                          f"ranker.trend_boost={boost}", f"train.out_dir={work / 'runs_refit'}",
+                                          *chosen, f"train.out_dir={work / 'runs_refit'}",
                                           "evaluate.baselines=[]", f"evaluate.out_dir={work / 'report_refit'}"])
         refit_ctx, _ = _train_both(refit_cfg)
         refit_table, _ = run_evaluation(refit_cfg, refit_ctx)
@@ -109,7 +110,7 @@ def run_dataset(name: str, quick: bool, refit: bool, seeds: list[int]) -> dict:
         refit_table["seed"] = seeds[0]
         table = pd.concat([table, refit_table], ignore_index=True)
     return {"dataset": name, "seconds": time.perf_counter() - t0, "users": info["users"], "notes": info["notes"],
-            "seeds": seeds, "trend_boost": boosts, "ratio_interval_90": intervals,
+            "seeds": seeds, "boosts": boosts, "ratio_interval_90": intervals,
             "rows": table.to_dict(orient="records")}
 
 

@@ -204,20 +204,20 @@ def _run_training(cfg: RayrecConfig, which: str = "all") -> None:
             last = result.metrics[-1]
             shown = ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k != "epoch")
             console.print(f"  {kind}: {len(result.metrics)} epochs; last: {shown}")
-            _print_trend_boost(result.bundle)
+            _print_boosts(result.bundle)
             console.print(f"  bundle {result.bundle}, curves {result.curves_png}")
 
 
-def _print_trend_boost(bundle: Path) -> None:
+def _print_boosts(bundle: Path) -> None:
     from rayrec.artifacts import read_meta
 
     meta = read_meta(bundle)
-    fit = meta.get("trend_boost_fit")
-    if fit:
-        chosen = meta["spec"]["trend_boost"]
-        grid = ", ".join(f"{b}: {m['valid_ndcg@20']:.4f}" for b, m in fit.items())
-        console.print(f"  trend boost {chosen:g}, the smallest within one standard error of the best valid "
-                      f"NDCG@20 ({grid})")
+    for name in ("trend_boost", "collaborative_boost"):
+        fit = meta.get(f"{name}_fit")
+        if fit:
+            grid = ", ".join(f"{b}: {m['valid_ndcg@20']:.4f}" for b, m in fit.items())
+            console.print(f"  {name.replace('_', ' ')} {meta['spec'][name]:g}, the smallest within one standard "
+                          f"error of the best valid NDCG@20 ({grid})")
 
 
 @app.command()

@@ -187,6 +187,14 @@ class RankerConfig(Section):
                                       "of the best, and saved with the ranker (that epoch's valid metrics include "
                                       "it; a compressed ranker's fine-tuning chooses its own); a number fixes it "
                                       "(0: none).")
+    collaborative_factors: int = Field(64, ge=0, description="Width of the ALS item factors (implicit, fitted on "
+                                       "the training interactions with the peer baseline's settings) whose score "
+                                       "for the user's folded-in history the ranking score can add "
+                                       "(models/collaborative.py); 0: none. The table is saved with the ranker.")
+    collaborative_boost: float | None = Field(None, ge=0, description="Weight of that ALS score in the ranking "
+                                              "score. null: chosen after the last epoch, after the trend boost and "
+                                              "the same way, among COLLABORATIVE_BOOST_GRID (train/systems.py); a "
+                                              "number fixes it (0: none).")
 
 
 class CompressConfig(Section):
@@ -500,10 +508,13 @@ class RayrecConfig(Section):
 
     @model_validator(mode="after")
     def _refit_has_its_boost(self) -> "RayrecConfig":
-        if self.train.include_valid and self.ranker.trend_boost is None:
-            raise ValueError("train.include_valid needs a number for ranker.trend_boost: null chooses it on the "
-                             "validation split, which the models then learn from. Set the boost the train-only run "
-                             "chose (spec.trend_boost in its ranker's meta.json).")
+        r = self.ranker
+        for name, value in (("trend_boost", r.trend_boost),
+                            ("collaborative_boost", r.collaborative_boost if r.collaborative_factors else 0.0)):
+            if self.train.include_valid and value is None:
+                raise ValueError(f"train.include_valid needs a number for ranker.{name}: null chooses it on the "
+                                 "validation split, which the models then learn from. Set the boost the train-only "
+                                 f"run chose (spec.{name} in its ranker's meta.json).")
         return self
 
     @model_validator(mode="after")

@@ -88,6 +88,33 @@ def test_the_ranking_replica_adds_the_rankers_trend_boost(served):
     assert (counts > 0).any() and np.allclose(ranking.score(payload)[valid] - plain[valid], lift, atol=1e-5)
 
 
+def test_the_ranking_replica_adds_the_als_score_of_the_requests_history(served):
+    import dataclasses
+
+    import torch
+
+    from rayrec.models.collaborative import collaborative_scores
+    from rayrec.serve.ranking import RankingCore
+
+    _, cfg, release = served
+    core, h, history = _core_and_first_user(release)
+    batch = core.candidates([RecommendQuery(user_id=h["user_id"], k=7)], [history], max(h["ts_ms"]),
+                            cfg.serve.candidates, n_trending=20)
+    payload = batch.ranking_payload(core.version)
+    ranking = RankingCore(release, cfg.ranker.purchase_weight)
+    model = ranking.model
+    assert model.spec.collaborative_factors > 0 and model.collaborative_items.abs().sum() > 0  # fitted, released
+    scores = {}
+    for boost in (0.0, 0.5):
+        model.spec = dataclasses.replace(model.spec, collaborative_boost=boost)
+        scores[boost] = ranking.score(payload)
+    valid = batch.cand >= 0
+    als = collaborative_scores(model.collaborative_items, model.collaborative_gram,
+                               torch.as_tensor(payload["hist_items"]), torch.as_tensor(batch.cand).clamp(min=0)).numpy()
+    assert not np.allclose(als[valid], 0.0)
+    assert np.allclose(scores[0.5][valid] - scores[0.0][valid], 0.5 * als[valid], atol=1e-5)
+
+
 def test_a_batch_of_cold_starts_skips_the_ranking_hop(served):
     _, cfg, release = served
     core, h, warm = _core_and_first_user(release)

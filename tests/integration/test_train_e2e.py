@@ -9,13 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from rayrec.artifacts import ArtifactError, load_bundle
 from rayrec.config import load_config, with_values
 from rayrec.features.trend import trending_order
 from rayrec.train.loop import load_two_tower
 from rayrec.train.offline import load_ranker, run_evaluation
-from rayrec.train.systems import TREND_BOOST_GRID, two_stage_metrics, two_stage_system
+from rayrec.train.systems import COLLABORATIVE_BOOST_GRID, TREND_BOOST_GRID, two_stage_metrics, two_stage_system
 from rayrec.train.trainer import load_context, materialize, training_dataset
 from tests.conftest import read_parquet_in_order
 
@@ -65,13 +66,14 @@ def test_a_refit_learns_from_the_validation_split_too(trained, kind):
     if kind == "ranker" and not cfg.ranker.viewed_negatives:
         table = table.filter(pa.compute.not_equal(table["negative"], "viewed"))
     splits = table["split"].to_numpy()
-    refit = with_values(cfg, {"train.include_valid": True, "ranker.trend_boost": 1.0})
+    refit = with_values(cfg, {"train.include_valid": True, "ranker.trend_boost": 1.0, "ranker.collaborative_boost": 0.2})
     for c, last_split in ((cfg, 0), (refit, 1)):
         ctx = load_context(c)
         assert (ctx.valid is None) == (last_split == 1)  # no validation metrics on data it learned from
         rows = materialize(training_dataset(c, kind, ctx.manifest["history_length"]))
         assert len(rows["item_idx"]) == int((splits <= last_split).sum())
         assert len(ctx.trend.keys) == int((event_splits <= last_split).sum())  # trend features and negatives
+        assert ctx.interactions.sum() == int((event_splits <= last_split).sum())  # the ranker's ALS table
     assert (splits == 1).sum() > 0
 
 
@@ -89,20 +91,27 @@ def test_checkpoints_load_safely_and_refuse_another_vocabulary(trained, tmp_path
         load_bundle(copy, "two_tower", ctx.vocab_fingerprint)
 
 
-def test_the_ranker_keeps_the_trend_boost_fitted_on_validation(trained):
+def test_the_ranker_keeps_the_boosts_fitted_on_validation(trained):
     _, cfg, ctx, retrieval, ranker = trained
     meta = load_bundle(ranker.bundle, "ranker", ctx.vocab_fingerprint)[1]
-    fit = {float(b): m for b, m in meta["trend_boost_fit"].items()}
-    assert sorted(fit) == sorted(TREND_BOOST_GRID)
+    fits = {name: {float(b): m for b, m in meta[f"{name}_fit"].items()}
+            for name in ("trend_boost", "collaborative_boost")}
+    assert sorted(fits["trend_boost"]) == sorted(TREND_BOOST_GRID)
+    assert sorted(fits["collaborative_boost"]) == sorted(COLLABORATIVE_BOOST_GRID)
     model = load_ranker(ctx, ranker.bundle)
-    chosen = model.spec.trend_boost
-    assert chosen == meta["spec"]["trend_boost"] and chosen in fit
-    assert ranker.metrics[-1]["valid_ndcg@20"] == pytest.approx(fit[chosen]["valid_ndcg@20"])
-    # each epoch records the boost it was scored under: the spec's default before the last
-    assert [m["trend_boost"] for m in ranker.metrics] == [0.0] * (len(ranker.metrics) - 1) + [chosen]
-    # the saved boost is the one the evaluation of the loaded model measures
+    trend, collaborative = model.spec.trend_boost, model.spec.collaborative_boost
+    assert (trend, collaborative) == (meta["spec"]["trend_boost"], meta["spec"]["collaborative_boost"])
+    assert trend in fits["trend_boost"] and collaborative in fits["collaborative_boost"]
+    # the trend boost is fitted first, with the collaborative term off; that is the collaborative grid's 0
+    assert fits["trend_boost"][trend] == pytest.approx(fits["collaborative_boost"][0.0])
+    assert ranker.metrics[-1]["valid_ndcg@20"] == pytest.approx(fits["collaborative_boost"][collaborative]["valid_ndcg@20"])
+    # each epoch records the boosts it was scored under: the spec's defaults before the last
+    assert [m["trend_boost"] for m in ranker.metrics] == [0.0] * (len(ranker.metrics) - 1) + [trend]
+    assert [m["collaborative_boost"] for m in ranker.metrics] == [0.0] * (len(ranker.metrics) - 1) + [collaborative]
+    assert model.collaborative_items.abs().sum() > 0  # the ALS table was fitted and saved with the weights
+    # the saved boosts are the ones the evaluation of the loaded model measures
     again = two_stage_metrics(load_two_tower(ctx, retrieval.bundle), model, ctx.valid, cfg, cfg.train.eval_users)
-    assert again == pytest.approx(fit[chosen])
+    assert again == pytest.approx(fits["collaborative_boost"][collaborative])
 
 
 def test_evaluation_reports_every_system_on_the_same_split(trained, tmp_path):
@@ -163,8 +172,11 @@ def test_compression_shrinks_prunes_quantizes_and_is_measured(trained, tmp_path)
     assert meta["compression"]["quantization"] == "int8_dynamic"
     assert meta["compression"]["unstructured"]["kind"] == "unstructured"
     # fine-tuning moves the scale of the ranker's probabilities: its boost is fitted again on validation
-    assert spec["trend_boost"] in TREND_BOOST_GRID
-    assert is_quantized(load_compressed_ranker(tmp_path / "compressed", ctx.items, ctx.vocab_fingerprint))
+    assert spec["trend_boost"] in TREND_BOOST_GRID and spec["collaborative_boost"] in COLLABORATIVE_BOOST_GRID
+    compressed = load_compressed_ranker(tmp_path / "compressed", ctx.items, ctx.vocab_fingerprint)
+    assert is_quantized(compressed)
+    # the ALS table is data beside the weights: carried over as it is, and left out of the measured size
+    assert torch.equal(compressed.collaborative_items, load_ranker(ctx, runs / "ranker").collaborative_items)
 
 
 def test_a_tiny_tune_runs_through_ray_tune_and_resumes(trained, tmp_path):

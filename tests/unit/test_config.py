@@ -52,7 +52,12 @@ def test_fractions_must_leave_training_data():
 def test_a_refit_on_validation_needs_the_boost_chosen_there():
     with pytest.raises(ConfigError, match=r"train\.include_valid needs a number for ranker\.trend_boost"):
         load_config(None, ["train.include_valid=true"])
-    assert load_config(None, ["train.include_valid=true", "ranker.trend_boost=0.5"]).ranker.trend_boost == 0.5
+    with pytest.raises(ConfigError, match=r"train\.include_valid needs a number for ranker\.collaborative_boost"):
+        load_config(None, ["train.include_valid=true", "ranker.trend_boost=0.5"])
+    both = ["train.include_valid=true", "ranker.trend_boost=0.5", "ranker.collaborative_boost=0.2"]
+    assert load_config(None, both).ranker.collaborative_boost == 0.2
+    # Without collaborative factors there is no collaborative boost to choose.
+    assert load_config(None, [*both[:2], "ranker.collaborative_factors=0"]).ranker.trend_boost == 0.5
 
 
 def test_training_on_the_serving_pool_refuses_view_negatives_it_would_ignore():

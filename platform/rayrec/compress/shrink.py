@@ -149,6 +149,8 @@ def shrink_ranker(model: Ranker, ratios: ShrinkRatios, items: ItemFeatureTable) 
         inputs = keep
     _copy(small.head.weight, model.head.weight[:, inputs])
     _copy(small.head.bias, model.head.bias)
+    if spec.collaborative_factors:
+        small.set_collaborative_items(model.collaborative_items)
     return small.train(model.training)
 
 

@@ -87,7 +87,8 @@ class Personalizer:
                                                    self.ranker.spec.trend_window_days))
         logits = self.ranker(user_vec, t["hist_items"], t["hist_gaps_s"], c.clamp(min=0),
                              retrieval_score.masked_fill(~valid, 0.0), counts)
-        return self.ranker.score(logits, counts, self.purchase_weight).masked_fill(~valid, -torch.inf).numpy()
+        scores = self.ranker.score(logits, counts, self.purchase_weight, t["hist_items"], c.clamp(min=0))
+        return scores.masked_fill(~valid, -torch.inf).numpy()
 
     def orders(self, batch: dict[str, np.ndarray], hits: list[SearchHits], search_cfg: Any) -> list[np.ndarray]:
         """Per row: positions into its hits, personalized where the user has history."""

@@ -18,6 +18,10 @@ the user looked at (and, ``category_price``, relative to its category's, against
 level within categories); and (``title_affinity``) how much of the candidate's title the user's recent items
 share, word by word and weighted by rarity: the affinity a shop without a category tree or brands
 still has (Online Retail: product lines such as "... RED RETROSPOT" are bought together).
+
+Beside the learned probabilities the score can add two fitted terms (``Ranker.score``): the trend
+boost, and (``collaborative_factors``) the candidates' ALS preference for the user's folded-in history
+(``models.collaborative``), from the item factors the ranker carries as a buffer saved with its weights.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import torch
 from torch import nn
 
 from rayrec.features.items import ItemFeatureTable
+from rayrec.models.collaborative import collaborative_scores, regularized_gram
 
 # The dense inputs in x0's order (after the user vector and the four embeddings); the optional ones,
 # appended in this order when the spec turns them on, are what structured pruning can remove whole.
@@ -55,6 +60,8 @@ class RankerSpec:
     trend_boost: float = 0.0  # weight of the log trend count added to the score (see Ranker.score)
     title_affinity: bool = False  # read Ranker.title_affinities (False: bundles saved before it existed)
     category_price: bool = False  # the leaf-relative price input (False: bundles saved before it existed)
+    collaborative_factors: int = 0  # width of the ALS item factors the score can add (0: none)
+    collaborative_boost: float = 0.0  # weight of the ALS score added to the score (see Ranker.score)
 
     @property
     def dense_inputs(self) -> tuple[str, ...]:
@@ -128,6 +135,10 @@ class Ranker(nn.Module):
             share = weight / weight.sum(-1, keepdim=True).clamp(min=1e-6)
             self.register_buffer("title_share", share, persistent=False)
             self.title_vocab = len(idf)
+        if spec.collaborative_factors:  # set_collaborative_items fills both; saved with the weights
+            self.register_buffer("collaborative_items", torch.zeros(spec.n_items, spec.collaborative_factors))
+            self.register_buffer("collaborative_gram", torch.zeros(spec.collaborative_factors,
+                                                                   spec.collaborative_factors))
         # Set by inference_graph while tracing: every item's candidate_embeddings, read with one lookup.
         self.frozen_candidates: torch.Tensor | None = None
 
@@ -183,6 +194,11 @@ class Ranker(nn.Module):
         both = self.price_known[cand] * (n_known > 0).float()
         return (self.price_levels[cand] - user_level.unsqueeze(1)).clamp(-3, 3) * both.unsqueeze(-1), both
 
+    def set_collaborative_items(self, item_factors: torch.Tensor) -> None:
+        """Stores ALS item factors [n_items, collaborative_factors] (``train.collaborative``) for ``score``."""
+        self.collaborative_items.copy_(item_factors)
+        self.collaborative_gram.copy_(regularized_gram(self.collaborative_items))
+
     def candidate_embeddings(self, cand: torch.Tensor) -> torch.Tensor:
         """[B, C, 4 * dim]: the candidates' item, leaf category, brand and price-bucket embeddings."""
         if self.frozen_candidates is not None:
@@ -206,19 +222,24 @@ class Ranker(nn.Module):
             x = layer(x0, x)
         return self.head(self.deep(x))
 
-    def score(self, logits: torch.Tensor, trend_counts: torch.Tensor, purchase_weight: float) -> torch.Tensor:
+    def score(self, logits: torch.Tensor, trend_counts: torch.Tensor, purchase_weight: float,
+              hist_items: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
         """The ranking score: P(click) + purchase_weight * P(purchase) + trend_boost * the candidates'
-        trend feature (log1p(count) on the popularity scale, as ``forward`` reads it).
+        trend feature (log1p(count) on the popularity scale, as ``forward`` reads it) + collaborative_boost
+        * the candidates' ALS score for the history ``hist_items`` (``models.collaborative``).
 
         Why a boost beside the learned trend input: trained on the retrieval top-K and random items,
         the ranker rarely meets trending items as negatives and under-weights the trend among the
         candidates it serves (retrieval + trending). The right weight depends on the shop (Online Retail
         wants a small one, MovieLens a large one), so training fits it per dataset on validation
-        (``train.systems.fit_trend_boost``)."""
+        (``train.systems.fit_boosts``). The collaborative boost is fitted the same way, after it."""
         p = torch.sigmoid(logits)
         s = p[..., 0] + purchase_weight * p[..., 1]
         if self.spec.trend_boost:
             s = s + self.spec.trend_boost * torch.log1p(trend_counts.float()) / self.pop_scale
+        if self.spec.collaborative_boost and self.spec.collaborative_factors:
+            s = s + self.spec.collaborative_boost * collaborative_scores(
+                self.collaborative_items, self.collaborative_gram, hist_items, cand)
         return s
 
 

@@ -64,7 +64,7 @@ class RankingCore:
         trend = self.trend[cand]
         logits = self.scorer(t["user_vec"], t["hist_items"], t["hist_gaps_s"], cand,
                             t["retrieval_score"].masked_fill(~valid, 0.0), trend)
-        scores = self.model.score(logits, trend, self.purchase_weight)
+        scores = self.model.score(logits, trend, self.purchase_weight, t["hist_items"], cand)
         return scores.masked_fill(~valid, -torch.inf).float().cpu().numpy()
 
 
@@ -146,5 +146,6 @@ class Ranking:
 
         return {"version": self.core.version, "compression": self.core.compression, "device": str(self.core.device),
                 "trend_boost": self.core.model.spec.trend_boost,
+                "collaborative_boost": self.core.model.spec.collaborative_boost,
                 "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
                 "replica": serve.get_replica_context().replica_id.unique_id}

@@ -148,14 +148,19 @@ class _ImplicitModel:
         raise NotImplementedError
 
     def fit(self, split: EvalSplit) -> None:
+        self.fit_matrix(split.interactions)
+        self.fallback.fit(split)
+
+    def fit_matrix(self, interactions: sp.spmatrix) -> None:
+        """Fits the model on a users x items matrix of interaction counts."""
         from threadpoolctl import threadpool_limits
 
         # implicit runs its own thread pool; a multi-threaded BLAS underneath oversubscribes the
         # cores (implicit warns at construction), so BLAS is held to one thread while it works.
         with threadpool_limits(limits=1, user_api="blas"):
             self.model = self._make()
-            self.model.fit(split.interactions.tocsr(), show_progress=False)  # type: ignore[attr-defined]
-        self.fallback.fit(split)
+            # A copy: implicit writes into its input's buffers, read-only when it came through Ray's object store.
+            self.model.fit(sp.csr_matrix(interactions, copy=True), show_progress=False)  # type: ignore[attr-defined]
 
     def recommend(self, split: EvalSplit, k: int, exclude_seen: bool) -> np.ndarray:
         from threadpoolctl import threadpool_limits

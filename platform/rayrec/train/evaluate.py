@@ -95,7 +95,7 @@ def _read_manifest(processed_dir: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def _csr(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int], dtype: type) -> sp.csr_matrix:
+def count_matrix(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int], dtype: type) -> sp.csr_matrix:
     """Counts of (row, col) pairs as a canonical CSR (duplicates summed, indices sorted)."""
     m = sp.csr_matrix((np.ones(len(rows), dtype=dtype), (rows, cols)), shape=shape)
     m.sum_duplicates()
@@ -140,14 +140,14 @@ def load_eval_split(
     relevant = stage >= used_stage
     t_users, t_items = cols["user_idx"][in_split][relevant], cols["item_idx"][in_split][relevant]
     users = np.unique(t_users).astype(np.int32)
-    targets = _csr(np.searchsorted(users, t_users), t_items, (len(users), n_items), np.float32)
+    targets = count_matrix(np.searchsorted(users, t_users), t_items, (len(users), n_items), np.float32)
     targets.data[:] = 1.0
 
     order = np.lexsort((cols["ts_ms"][before], cols["user_idx"][before]))  # stable within equal ts
     prior = EventLog(*(cols[c][before][order] for c in ("user_idx", "item_idx", "ts_ms", "stage")))
     train = cols["split"] == SPLIT_IDS["train"]
     popularity = np.bincount(cols["item_idx"][train], minlength=n_items).astype(np.int64)
-    interactions = _csr(prior.user_idx, prior.item_idx, (n_users, n_items), np.float32)
+    interactions = count_matrix(prior.user_idx, prior.item_idx, (n_users, n_items), np.float32)
 
     # Each user's rows in ``prior`` are [start, end); history_window takes the L rows before ``end``.
     start = np.searchsorted(prior.user_idx, users, side="left")

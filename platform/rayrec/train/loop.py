@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from torch import nn
 
@@ -31,7 +32,8 @@ from rayrec.models.losses import distillation_bce, in_batch_softmax_loss, mixed_
 from rayrec.models.ranker import Ranker, RankerSpec
 from rayrec.models.two_tower import TwoTowerModel, TwoTowerSpec
 from rayrec.train.evaluate import EvalSplit
-from rayrec.train.systems import VALID_KS, fit_trend_boost, retrieval_metrics, two_stage_metrics
+from rayrec.train.collaborative import fit_item_factors
+from rayrec.train.systems import VALID_KS, fit_boosts, retrieval_metrics, two_stage_metrics
 
 Batch = dict[str, torch.Tensor]
 METRICS_CSV = "metrics.csv"
@@ -64,6 +66,7 @@ class ModelContext:
     items: ItemFeatureTable
     valid: EvalSplit | None
     trend: ItemTrend | None = None  # the training interactions, for the ranker's per-example trend counts
+    interactions: sp.csr_matrix | None = None  # users x items counts the ranker's ALS factors are fitted on
 
     @property
     def vocab_fingerprint(self) -> str:
@@ -93,7 +96,8 @@ def ranker_spec(ctx: ModelContext) -> RankerSpec:
                       n_price_buckets=len(ctx.manifest["price_bucket_edges"]) + 2, user_dim=ctx.cfg.model.dim,
                       dim=r.dim, cross_layers=r.cross_layers, cross_rank=r.cross_rank, deep_layers=list(r.deep_layers),
                       trend_window_days=r.trend_window_days, trend_boost=r.trend_boost or 0.0,
-                      title_affinity=r.title_affinity, category_price=r.category_price)
+                      title_affinity=r.title_affinity, category_price=r.category_price,
+                      collaborative_factors=r.collaborative_factors, collaborative_boost=r.collaborative_boost or 0.0)
 
 
 def _item_prob(items: ItemFeatureTable) -> torch.Tensor:
@@ -258,7 +262,8 @@ def train_ranker(ctx: ModelContext, io: LoopIO, retrieval_dir: Path, begin: Rank
     for p in retrieval.parameters():
         p.requires_grad_(False)
     item_vecs = retrieval.all_item_embeddings()
-    model = (begin.model if begin else Ranker(ranker_spec(ctx), ctx.items)).to(io.device)
+    model = begin.model if begin else _new_ranker(ctx)
+    model = model.to(io.device)
     epochs, lr = (begin.epochs, begin.lr) if begin else (cfg.train.ranker_epochs, cfg.train.lr)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.train.weight_decay)
     start, history = _resume(io, model, optimizer, "ranker", ctx.vocab_fingerprint)
@@ -312,19 +317,34 @@ def train_ranker(ctx: ModelContext, io: LoopIO, retrieval_dir: Path, begin: Rank
         metrics = {"epoch": float(epoch), "loss": float(np.mean(losses)) if losses else float("nan"),
                    "samples_per_s": seen / max(time.perf_counter() - t0, 1e-9)}
         if io.rank == 0 and ctx.valid is not None:
-            # A fine-tuned (e.g. compressed) ranker gets its own boost too: the boost weighs the trend
-            # against the ranker's probabilities, and fine-tuning moves their scale (MovieLens: the dense
-            # ranker fine-tuned one more epoch under its old boost lost 3.4% of validation NDCG@20).
-            if epoch == epochs - 1 and r.trend_boost is None:
-                fit = fit_trend_boost(retrieval, model, ctx.valid, cfg, cfg.train.eval_users)
-                meta.update(spec=model.spec.to_dict(), trend_boost_fit={f"{b:g}": m for b, m in fit.items()})
-                metrics.update(fit[model.spec.trend_boost])
+            # A fine-tuned (e.g. compressed) ranker gets its own boosts too: they weigh the trend and the
+            # ALS score against the ranker's probabilities, and fine-tuning moves their scale (MovieLens:
+            # the dense ranker fine-tuned one more epoch under its old boost lost 3.4% of validation NDCG@20).
+            fits = fit_boosts(retrieval, model, ctx.valid, cfg, cfg.train.eval_users) if epoch == epochs - 1 else {}
+            if fits:
+                meta.update(spec=model.spec.to_dict(),
+                            **{f"{name}_fit": {f"{b:g}": m for b, m in fit.items()} for name, fit in fits.items()})
+                name, fit = list(fits.items())[-1]  # the last boost fitted scored the final settings
+                metrics.update(fit[getattr(model.spec, name)])
             else:
                 metrics.update(two_stage_metrics(retrieval, model, ctx.valid, cfg, cfg.train.eval_users))
             # Earlier epochs score under the spec's boost (0 unless set), the last under the fitted one:
             # the curves mark the change, so the last epoch's jump is not read as learning.
             metrics["trend_boost"] = float(model.spec.trend_boost)
+            metrics["collaborative_boost"] = float(model.spec.collaborative_boost)
         _end_epoch(io, model, optimizer, meta, history, metrics)
+
+
+def _new_ranker(ctx: ModelContext) -> Ranker:
+    """An untrained ranker; with ``ranker.collaborative_factors`` its ALS item table fitted on
+    ``ctx.interactions`` (every worker fits the same table: the fit is seeded)."""
+    model = Ranker(ranker_spec(ctx), ctx.items)
+    if model.spec.collaborative_factors:
+        if ctx.interactions is None:
+            raise ValueError("ranker.collaborative_factors needs ModelContext.interactions (the training interactions)")
+        table = fit_item_factors(ctx.interactions, model.spec.collaborative_factors, seed=ctx.cfg.train.seed + 42)
+        model.set_collaborative_items(torch.from_numpy(table))
+    return model
 
 
 def _trend_counts(ctx: ModelContext, spec: RankerSpec, cand: torch.Tensor, ts_ms: torch.Tensor,

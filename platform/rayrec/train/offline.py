@@ -56,7 +56,9 @@ def run_evaluation(cfg: RayrecConfig, ctx: ModelContext, split: str = "test") ->
              f"items seen before the cutoff {'excluded' if e.exclude_seen else 'kept'}.")
     for system in systems:
         if isinstance(system, TwoStageRecommender):
-            notes += (f" The ranker's score adds {system.ranker.spec.trend_boost:g} × its trend feature "
-                      f"(ranker.trend_boost; null = chosen on validation after training).")
+            spec = system.ranker.spec
+            notes += (f" The ranker's score adds {spec.trend_boost:g} × its trend feature (ranker.trend_boost) "
+                      f"and {spec.collaborative_boost:g} × the ALS score of the user's history "
+                      f"(ranker.collaborative_boost; null = chosen on validation after training).")
     paths = write_report(table, out, title=f"Offline evaluation ({cfg.name}, {split} split)", notes=notes)
     return table, {"paths": paths, "notes": notes, "users": len(data.users)}

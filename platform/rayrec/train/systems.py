@@ -99,7 +99,7 @@ class TwoStageRecommender:
             retrieval_score = (users[rows].unsqueeze(1) * items[cand_ids]).sum(-1)
             logits = self.ranker(users[rows], h["hist_items"], h["hist_gaps_s"], cand_ids, retrieval_score,
                                  trend_t[cand_ids])
-            rank_score = self.ranker.score(logits, trend_t[cand_ids], self.purchase_weight)
+            rank_score = self.ranker.score(logits, trend_t[cand_ids], self.purchase_weight, h["hist_items"], cand_ids)
             rank_score = rank_score.masked_fill(~valid, -torch.inf)
             order = rank_score.argsort(dim=1, descending=True, stable=True)
             ranked[rows] = torch.gather(cand, 1, order).numpy()
@@ -153,28 +153,45 @@ def two_stage_metrics(retrieval: TwoTowerModel, ranker: Ranker, split: EvalSplit
 
 
 TREND_BOOST_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+COLLABORATIVE_BOOST_GRID = (0.0, 0.1, 0.2, 0.4, 0.8, 1.6)
 
 
-def fit_trend_boost(retrieval: TwoTowerModel, ranker: Ranker, split: EvalSplit, cfg: RayrecConfig,
-                    max_users: int) -> dict[float, dict[str, float]]:
-    """Sets ``ranker.spec.trend_boost`` to the smallest ``TREND_BOOST_GRID`` value whose validation
-    NDCG@20 (two-stage) is within one standard error of the best value's, the standard error of the
-    per-user paired difference; returns every value's metrics.
+def fit_boosts(retrieval: TwoTowerModel, ranker: Ranker, split: EvalSplit, cfg: RayrecConfig,
+               max_users: int) -> dict[str, dict[float, dict[str, float]]]:
+    """Fits the score's boosts the config leaves null, in turn: ``trend_boost`` over ``TREND_BOOST_GRID``,
+    then (a ranker with collaborative factors) ``collaborative_boost`` over ``COLLABORATIVE_BOOST_GRID``
+    with the trend boost chosen. Each is set on ``ranker.spec`` to the smallest grid value whose
+    validation NDCG@20 (two-stage) is within one standard error of the best value's, the standard
+    error of the per-user paired difference. Returns each fitted boost's metrics per value, in the
+    order fitted.
 
-    Why not the plain argmax: each step up the grid hands more of the order from the user's own
+    Why not the plain argmax: each step up the trend grid hands more of the order from the user's own
     scores to the shop-wide trend, and on a small validation set the argmax follows noise there (the
     32-user tiny test shop picked 8 for about one more hit, and its storefront stopped answering clicks).
-    The one-standard-error rule keeps the more personal order unless the data clearly prefer the trend."""
+    The one-standard-error rule keeps the learned order unless the data clearly prefer the added term."""
+    r = cfg.ranker
+    boosts = {"trend_boost": (r.trend_boost, TREND_BOOST_GRID),
+              "collaborative_boost": (r.collaborative_boost if ranker.spec.collaborative_factors else 0.0,
+                                      COLLABORATIVE_BOOST_GRID)}
+    to_fit = {name: grid for name, (fixed, grid) in boosts.items() if fixed is None}
+    if not to_fit:
+        return {}
     split = _validation_users(split, max_users)
-    fit, per_user = {}, {}
-    for boost in TREND_BOOST_GRID:
-        ranker.spec = replace(ranker.spec, trend_boost=boost)
-        top = _recommend(two_stage_system(retrieval, ranker, cfg), [retrieval, ranker], split, max(VALID_KS),
-                         cfg.evaluate.exclude_seen)
-        fit[boost] = _metrics(top, split, VALID_KS)
-        per_user[boost] = user_ndcg(top, split.targets, 20)
-    ranker.spec = replace(ranker.spec, trend_boost=smallest_within_one_se(per_user))
-    return fit
+    # A boost fitted later is off while an earlier one is fitted (a fine-tuned ranker's spec holds its
+    # source's boosts).
+    ranker.spec = replace(ranker.spec, **dict.fromkeys(to_fit, 0.0))
+    fits: dict[str, dict[float, dict[str, float]]] = {}
+    for name, grid in to_fit.items():
+        fit, per_user = {}, {}
+        for boost in grid:
+            ranker.spec = replace(ranker.spec, **{name: boost})
+            top = _recommend(two_stage_system(retrieval, ranker, cfg), [retrieval, ranker], split, max(VALID_KS),
+                             cfg.evaluate.exclude_seen)
+            fit[boost] = _metrics(top, split, VALID_KS)
+            per_user[boost] = user_ndcg(top, split.targets, 20)
+        ranker.spec = replace(ranker.spec, **{name: smallest_within_one_se(per_user)})
+        fits[name] = fit
+    return fits
 
 
 def smallest_within_one_se(per_user: dict[float, np.ndarray]) -> float:

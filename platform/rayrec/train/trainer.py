@@ -25,6 +25,7 @@ from rayrec.features.batches import example_inputs
 from rayrec.features.items import ItemFeatureTable
 from rayrec.features.trend import ItemTrend
 from rayrec.runtime import set_threads
+from rayrec.train.collaborative import interaction_matrix
 from rayrec.train.evaluate import load_eval_split
 from rayrec.train.loop import METRICS_CSV, LoopIO, ModelContext, read_history, train_ranker, train_retrieval
 from rayrec.train.plots import plot_training_curves
@@ -48,8 +49,12 @@ def load_context(cfg: RayrecConfig, with_valid: bool = True) -> ModelContext:
                                           cfg.preprocess.title_tokens)
     valid = (load_eval_split(processed, "valid", manifest["history_length"], cfg.evaluate.min_stage)
              if with_valid and not cfg.train.include_valid else None)
+    sizes = manifest["vocab_sizes"]
+    interactions = (interaction_matrix(processed / "events", last_fit_split(cfg), sizes["users"], sizes["items"])
+                    if cfg.ranker.collaborative_factors else None)
     return ModelContext(cfg=cfg, manifest=manifest, items=items, valid=valid,
-                        trend=ItemTrend.from_parquet(processed / "events", last_split=last_fit_split(cfg)))
+                        trend=ItemTrend.from_parquet(processed / "events", last_split=last_fit_split(cfg)),
+                        interactions=interactions)
 
 
 def last_fit_split(cfg: RayrecConfig) -> int:

@@ -21,7 +21,7 @@ def test_scores_every_candidate_with_two_heads(items):
     cand = torch.tensor([[3, 9, 10], [2, 5, 6]])
     logits = model(torch.randn(2, 16), hist, gaps, cand, torch.rand(2, 3), torch.tensor([[0.0, 3, 50], [1, 0, 0]]))
     assert logits.shape == (2, 3, 2) and torch.isfinite(logits).all()
-    assert model.score(logits, torch.zeros(2, 3), 0.5).shape == (2, 3)
+    assert model.score(logits, torch.zeros(2, 3), 0.5, hist, cand).shape == (2, 3)
 
 
 def test_trend_boost_adds_the_log_trend_count_to_the_score(items):
@@ -29,10 +29,11 @@ def test_trend_boost_adds_the_log_trend_count_to_the_score(items):
     model = Ranker(SPEC, items)
     logits = torch.randn(1, 3, 2)
     counts = torch.tensor([[0.0, 4, 60]])
+    hist, cand = torch.tensor([[0, 3, 4]]), torch.tensor([[5, 6, 7]])
     plain = torch.sigmoid(logits[..., 0]) + 0.5 * torch.sigmoid(logits[..., 1])
-    assert torch.equal(model.score(logits, counts, 0.5), plain)  # trend_boost 0: the heads alone
+    assert torch.equal(model.score(logits, counts, 0.5, hist, cand), plain)  # trend_boost 0: the heads alone
     model.spec = replace(SPEC, trend_boost=2.0)
-    boosted = model.score(logits, counts, 0.5)
+    boosted = model.score(logits, counts, 0.5, hist, cand)
     assert torch.allclose(boosted - plain, 2.0 * torch.log1p(counts) / model.pop_scale)
 
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from rayrec.train.systems import smallest_within_one_se
+from rayrec.config import load_config
+from rayrec.models.ranker import Ranker, RankerSpec
+from rayrec.train.systems import fit_boosts, smallest_within_one_se
+from tests.unit.models.conftest import N_ITEMS, items  # noqa: F401  (the fixture)
 
 
 def test_a_clear_gain_moves_the_choice_up():
@@ -34,3 +37,14 @@ def _hits(users: int, gained: int, lost: int) -> np.ndarray:
     out = np.zeros(users)
     out[:gained], out[gained:gained + lost] = 1.0, -1.0
     return out
+
+
+def test_boosts_the_config_fixes_are_not_fitted(items):  # noqa: F811
+    spec = RankerSpec(n_items=N_ITEMS, n_categories=20, n_brands=8, n_price_buckets=6, user_dim=16, trend_boost=1.0)
+    ranker = Ranker(spec, items)
+    # Nothing left to choose: no model or split is touched, the spec stays as it is.
+    fixed = load_config(None, ["ranker.trend_boost=1.0", "ranker.collaborative_boost=0.2"])
+    assert fit_boosts(None, ranker, None, fixed, 10) == {} and ranker.spec == spec  # type: ignore[arg-type]
+    # A ranker without ALS factors has no collaborative boost to choose, whatever the config says.
+    no_table = load_config(None, ["ranker.trend_boost=1.0"])
+    assert fit_boosts(None, ranker, None, no_table, 10) == {} and ranker.spec == spec  # type: ignore[arg-type]
