@@ -33,6 +33,7 @@ from rayrec.metrics import paired_ratio_interval
 from rayrec.runtime import init_ray
 from rayrec.train.loop import ModelContext
 from rayrec.train.offline import run_evaluation
+from rayrec.train.systems import BOOST_GRIDS
 from rayrec.train.trainer import load_context, run_training
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,7 +93,7 @@ def run_dataset(name: str, quick: bool, refit: bool, seeds: list[int]) -> dict:
         tables.append(table)
         ours_per_user.append(table.attrs["per_user"][HEADLINE])
         spec = read_meta(ranker)["spec"]
-        boosts[seed] = {name: spec.get(name, 0.0) for name in ("trend_boost", "collaborative_boost")}
+        boosts[seed] = {name: spec.get(name, 0.0) for name in BOOST_GRIDS}
     intervals = {}
     for metric in METRICS:  # paired over test users: the seeds' mean per user vs the best baseline's
         base_name, _ = _best_baseline(tables[0].to_dict(orient="records"), metric)

@@ -210,9 +210,10 @@ def _run_training(cfg: RayrecConfig, which: str = "all") -> None:
 
 def _print_boosts(bundle: Path) -> None:
     from rayrec.artifacts import read_meta
+    from rayrec.train.systems import BOOST_GRIDS
 
     meta = read_meta(bundle)
-    for name in ("trend_boost", "collaborative_boost"):
+    for name in BOOST_GRIDS:
         fit = meta.get(f"{name}_fit")
         if fit:
             grid = ", ".join(f"{b}: {m['valid_ndcg@20']:.4f}" for b, m in fit.items())

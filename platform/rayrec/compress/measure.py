@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.ao.nn.quantized.dynamic import Linear as QuantizedLinear
 
-from rayrec.models.ranker import Ranker, RankerSpec, inference_graph
+from rayrec.models.ranker import COLLABORATIVE_BUFFERS, Ranker, RankerSpec, inference_graph
 
 RankerRequest = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -44,18 +44,14 @@ def parameter_count(model: nn.Module) -> dict[str, int]:
     return {"total": total, "nonzero": nonzero}
 
 
-# A ranker's ALS item table (``Ranker.set_collaborative_items``): data fitted beside the model, the
-# same in every compressed variant and untouched by compression, so sizes leave it out (its own size:
-# n_items x collaborative_factors float32).
-FITTED_TABLES = ("collaborative_items", "collaborative_gram")
-
-
 def model_size_bytes(model: nn.Module) -> int:
-    """Bytes of ``torch.save(model.state_dict())`` without ``FITTED_TABLES``: int8 weights count one byte
+    """Bytes of ``torch.save(model.state_dict())`` without ``COLLABORATIVE_BUFFERS`` (a ranker's ALS item
+    table: data fitted beside the model, the same in every compressed variant and untouched by
+    compression; its own size is n_items x collaborative_factors float32): int8 weights count one byte
     each. Dense storage, so zeroed weights cost as much as any other (and a model still carrying pruning
     masks stores both ``weight_orig`` and ``weight_mask``: measure after ``make_permanent``)."""
     buffer = io.BytesIO()
-    torch.save({k: v for k, v in model.state_dict().items() if k not in FITTED_TABLES}, buffer)
+    torch.save({k: v for k, v in model.state_dict().items() if k not in COLLABORATIVE_BUFFERS}, buffer)
     return buffer.getbuffer().nbytes
 
 

@@ -42,6 +42,8 @@ BASE_INPUTS = ("retrieval_score", "trend", "popularity", "item_share", "item_rec
 # Keyed by the RankerSpec flag that turns each group on (and CompressConfig's drop_<flag> removes).
 OPTIONAL_INPUTS = {"title_affinity": ("title_anywhere", "title_mean"), "category_price": ("leaf_relative_price",)}
 N_DENSE = len(BASE_INPUTS)
+# Buffers holding fitted data, not learned weights (Ranker.set_collaborative_items); saved with the weights.
+COLLABORATIVE_BUFFERS = ("collaborative_items", "collaborative_gram")
 HEADS = ("click", "purchase")
 
 

@@ -4,23 +4,11 @@ fold-in uses (``models.collaborative``). The ALS settings are the peer baseline'
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-import pyarrow.dataset as pads
 import scipy.sparse as sp
 
 from rayrec.models.collaborative import REGULARIZATION
 from rayrec.train.baselines import ImplicitALS
-from rayrec.train.evaluate import count_matrix
-
-
-def interaction_matrix(events: Path, last_split: int, n_users: int, n_items: int) -> sp.csr_matrix:
-    """float32 users x items interaction counts of preprocessing's ``events`` in splits ``<= last_split``."""
-    table = pads.dataset(events, format="parquet").to_table(columns=["user_idx", "item_idx"],
-                                                            filter=pads.field("split") <= last_split)
-    return count_matrix(table.column("user_idx").to_numpy(), table.column("item_idx").to_numpy(),
-                        (n_users, n_items), np.float32)
 
 
 def fit_item_factors(interactions: sp.csr_matrix, factors: int, seed: int = 42) -> np.ndarray:

@@ -33,7 +33,7 @@ from rayrec.models.ranker import Ranker, RankerSpec
 from rayrec.models.two_tower import TwoTowerModel, TwoTowerSpec
 from rayrec.train.evaluate import EvalSplit
 from rayrec.train.collaborative import fit_item_factors
-from rayrec.train.systems import VALID_KS, fit_boosts, retrieval_metrics, two_stage_metrics
+from rayrec.train.systems import BOOST_GRIDS, VALID_KS, fit_boosts, retrieval_metrics, two_stage_metrics
 
 Batch = dict[str, torch.Tensor]
 METRICS_CSV = "metrics.csv"
@@ -330,8 +330,7 @@ def train_ranker(ctx: ModelContext, io: LoopIO, retrieval_dir: Path, begin: Rank
                 metrics.update(two_stage_metrics(retrieval, model, ctx.valid, cfg, cfg.train.eval_users))
             # Earlier epochs score under the spec's boost (0 unless set), the last under the fitted one:
             # the curves mark the change, so the last epoch's jump is not read as learning.
-            metrics["trend_boost"] = float(model.spec.trend_boost)
-            metrics["collaborative_boost"] = float(model.spec.collaborative_boost)
+            metrics.update({name: float(getattr(model.spec, name)) for name in BOOST_GRIDS})
         _end_epoch(io, model, optimizer, meta, history, metrics)
 
 

@@ -154,6 +154,8 @@ def two_stage_metrics(retrieval: TwoTowerModel, ranker: Ranker, split: EvalSplit
 
 TREND_BOOST_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 COLLABORATIVE_BOOST_GRID = (0.0, 0.1, 0.2, 0.4, 0.8, 1.6)
+# The ranker spec's score terms fitted on validation, in the order fitted, with their grids.
+BOOST_GRIDS = {"trend_boost": TREND_BOOST_GRID, "collaborative_boost": COLLABORATIVE_BOOST_GRID}
 
 
 def fit_boosts(retrieval: TwoTowerModel, ranker: Ranker, split: EvalSplit, cfg: RayrecConfig,
@@ -169,11 +171,10 @@ def fit_boosts(retrieval: TwoTowerModel, ranker: Ranker, split: EvalSplit, cfg: 
     scores to the shop-wide trend, and on a small validation set the argmax follows noise there (the
     32-user tiny test shop picked 8 for about one more hit, and its storefront stopped answering clicks).
     The one-standard-error rule keeps the learned order unless the data clearly prefer the added term."""
-    r = cfg.ranker
-    boosts = {"trend_boost": (r.trend_boost, TREND_BOOST_GRID),
-              "collaborative_boost": (r.collaborative_boost if ranker.spec.collaborative_factors else 0.0,
-                                      COLLABORATIVE_BOOST_GRID)}
-    to_fit = {name: grid for name, (fixed, grid) in boosts.items() if fixed is None}
+    fixed = {name: getattr(cfg.ranker, name) for name in BOOST_GRIDS}
+    if not ranker.spec.collaborative_factors:
+        fixed["collaborative_boost"] = 0.0
+    to_fit = {name: grid for name, grid in BOOST_GRIDS.items() if fixed[name] is None}
     if not to_fit:
         return {}
     split = _validation_users(split, max_users)

@@ -19,14 +19,15 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as pads
+import scipy.sparse as sp
 
 from rayrec.config import ConfigError, RayrecConfig
 from rayrec.features.batches import example_inputs
 from rayrec.features.items import ItemFeatureTable
 from rayrec.features.trend import ItemTrend
 from rayrec.runtime import set_threads
-from rayrec.train.collaborative import interaction_matrix
-from rayrec.train.evaluate import load_eval_split
+from rayrec.train.evaluate import count_matrix, load_eval_split
 from rayrec.train.loop import METRICS_CSV, LoopIO, ModelContext, read_history, train_ranker, train_retrieval
 from rayrec.train.plots import plot_training_curves
 
@@ -50,11 +51,23 @@ def load_context(cfg: RayrecConfig, with_valid: bool = True) -> ModelContext:
     valid = (load_eval_split(processed, "valid", manifest["history_length"], cfg.evaluate.min_stage)
              if with_valid and not cfg.train.include_valid else None)
     sizes = manifest["vocab_sizes"]
-    interactions = (interaction_matrix(processed / "events", last_fit_split(cfg), sizes["users"], sizes["items"])
-                    if cfg.ranker.collaborative_factors else None)
-    return ModelContext(cfg=cfg, manifest=manifest, items=items, valid=valid,
-                        trend=ItemTrend.from_parquet(processed / "events", last_split=last_fit_split(cfg)),
-                        interactions=interactions)
+    trend, interactions = fit_split_interactions(processed / "events", last_fit_split(cfg), sizes["users"],
+                                                 sizes["items"], with_matrix=bool(cfg.ranker.collaborative_factors))
+    return ModelContext(cfg=cfg, manifest=manifest, items=items, valid=valid, trend=trend, interactions=interactions)
+
+
+def fit_split_interactions(events: Path, last_split: int, n_users: int, n_items: int,
+                           with_matrix: bool) -> tuple[ItemTrend, sp.csr_matrix | None]:
+    """The interactions the models learn from (preprocessing's ``events`` in splits ``<= last_split``),
+    read once: as the ranker's trend counts and (``with_matrix``) as the float32 users x items counts its
+    ALS factors are fitted on."""
+    columns = ["item_idx", "ts_ms", *(["user_idx"] if with_matrix else [])]
+    table = pads.dataset(events, format="parquet").to_table(columns=columns, filter=pads.field("split") <= last_split)
+    items = table.column("item_idx").to_numpy()
+    trend = ItemTrend.from_events(items, table.column("ts_ms").to_numpy())
+    if not with_matrix:
+        return trend, None
+    return trend, count_matrix(table.column("user_idx").to_numpy(), items, (n_users, n_items), np.float32)
 
 
 def last_fit_split(cfg: RayrecConfig) -> int:

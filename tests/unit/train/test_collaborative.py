@@ -1,13 +1,11 @@
 from __future__ import annotations
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import scipy.sparse as sp
 import torch
 
 from rayrec.models.collaborative import collaborative_scores, regularized_gram
-from rayrec.train.collaborative import fit_item_factors, interaction_matrix
+from rayrec.train.collaborative import fit_item_factors
 
 N_ITEMS = 30
 
@@ -26,14 +24,3 @@ def test_fitted_factors_are_seeded_and_score_co_consumed_items_higher():
     y = torch.from_numpy(a)
     scores = collaborative_scores(y, regularized_gram(y), torch.tensor([[2, 3, 4]]), torch.tensor([[5, half + 5]]))
     assert scores[0, 0] > scores[0, 1] + 0.1
-
-
-def test_the_interaction_matrix_counts_the_fit_splits_only(tmp_path):
-    events = tmp_path / "events"
-    events.mkdir()
-    pq.write_table(pa.table({"user_idx": [2, 2, 2, 3, 3], "item_idx": [5, 5, 6, 5, 7],
-                             "split": pa.array([0, 0, 1, 0, 2], pa.int8())}), events / "part-0.parquet")
-    train = interaction_matrix(events, 0, 4, 8)
-    assert train.shape == (4, 8) and train[2, 5] == 2 and train[3, 5] == 1 and train.nnz == 2
-    with_valid = interaction_matrix(events, 1, 4, 8)
-    assert with_valid[2, 6] == 1 and with_valid[3, 7] == 0
