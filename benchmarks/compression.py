@@ -1,8 +1,10 @@
 """Compression benchmark: the dense ranker vs structurally pruned (several ratios; the title inputs
 removed) vs pruned + int8 vs unstructured-only, on quality (validation NDCG@20 / Recall@20 of
-retrieval + ranker), CPU scoring latency (p50/p99 per request and per serving batch of 16 requests,
-1 thread, all models timed in turns, in the TorchScript form the ranking deployment serves and
-eagerly) and size, in one run per dataset.
+retrieval + ranker, scored on the half of the validation users disjoint from the half on which every
+model, the dense one included, chose its boosts: ``pipeline.choosing_and_judging``), CPU scoring
+latency (p50/p99 per request and per serving batch of 16 requests, 1 thread, all models timed in
+turns, in the TorchScript form the ranking deployment serves and eagerly) and size, in one run per
+dataset.
 
 Reuses the models `benchmarks/quality.py` trained (benchmarks/results/quality/<dataset>/); run that
 first. Every variant is fine-tuned for the same epochs from the same dense model, ``--seeds`` times
@@ -28,12 +30,16 @@ from rich.table import Table
 
 from rayrec.compress.bundle import load_compressed_ranker
 from rayrec.compress.measure import interleaved_latency
-from rayrec.compress.pipeline import compress_ranker, measure_ranker, ranker_batches
+from rayrec.compress.pipeline import (
+    choosing_and_judging,
+    compress_ranker,
+    fit_reference_boosts,
+    measure_ranker,
+    ranker_batches,
+)
 from rayrec.config import load_config, with_values
 from rayrec.runtime import init_ray, set_threads
-from rayrec.train.loop import load_two_tower
 from rayrec.train.offline import load_ranker
-from rayrec.train.systems import fit_boosts
 from rayrec.train.trainer import load_context
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,21 +82,21 @@ def run_dataset(name: str, finetune_epochs: int, seeds: int, variants: list[str]
     cfg = load_config(REPO / "configs" / CONFIGS[name], [f"preprocess.out_dir={work / 'processed'}",
                                                          f"train.out_dir={models_dir}", "train.eval_users=100000",
                                                          "ranker.cold_start=model"])
-    ctx = load_context(cfg)
+    choose, judge = choosing_and_judging(load_context(cfg))
     retrieval = models_dir / "two_tower"
     c = cfg.compress
-    batches = ranker_batches(ctx)
+    batches = ranker_batches(choose)
     set_threads(2)
-    models = {"dense": load_ranker(ctx, models_dir / "ranker")}
-    # Every fine-tuned variant chooses its boosts on this evaluation (cold_start=model, all users);
+    models = {"dense": load_ranker(choose, models_dir / "ranker")}
+    # Every fine-tuned variant chooses its boosts on the choose half (cold_start=model, all its users);
     # the dense reference must too: its boost, chosen under training's settings, cost MovieLens's dense
-    # ranker 8% of NDCG@20 here (0.3156 vs 0.3442 for the same ranker fine-tuned one epoch).
-    fits = fit_boosts(load_two_tower(ctx, retrieval), models["dense"], ctx.valid, cfg, cfg.train.eval_users)
+    # ranker 8% of validation NDCG@20 here (0.3156 vs 0.3442 for the same ranker fine-tuned one epoch).
+    fits = fit_reference_boosts(choose, retrieval, models["dense"], cfg.train.eval_users)
     for boost, fit in fits.items():
         by_boost = ", ".join(f"{b:g}: {m['valid_ndcg@20']:.4f}" for b, m in fit.items())
         console.log(f"{name}: dense {boost} chosen again: {getattr(models['dense'].spec, boost):g} "
                     f"(NDCG@20 {by_boost})")
-    contexts = {"dense": ctx}
+    contexts = {"dense": judge}  # where each variant is scored
     runs: dict[str, list] = {"dense": [models["dense"]]}  # every fine-tuning seed's model
     for variant in variants:
         settings = VARIANTS[variant]
@@ -99,17 +105,17 @@ def run_dataset(name: str, finetune_epochs: int, seeds: int, variants: list[str]
             vcfg = with_values(cfg, {**{f"compress.{k}": v for k, v in {
                 **NEUTRAL, "distill": cfg.compress.distill, **settings, "finetune_epochs": finetune_epochs}.items()},
                 "train.seed": cfg.train.seed + seed})
-            vctx = dataclasses.replace(ctx, cfg=vcfg)  # same data and validation split
-            contexts.setdefault(variant, vctx)
+            vctx = dataclasses.replace(choose, cfg=vcfg)  # same data and validation users
+            contexts.setdefault(variant, dataclasses.replace(judge, cfg=vcfg))
             console.log(f"{name}: {variant}, fine-tuning seed {seed}")
             folder = variant.replace(" ", "_").replace("%", "pct").replace("+", "plus").replace(",", "")
             # compress_ranker shrinks a copy and distills from a copy: the dense model stays as loaded
             bundle = compress_ranker(vctx, retrieval, models["dense"], batches,
                                      work / "compressed" / f"{folder}_seed{seed}", vcfg.compress)
-            runs[variant].append(load_compressed_ranker(bundle, ctx.items, ctx.vocab_fingerprint))
+            runs[variant].append(load_compressed_ranker(bundle, choose.items, choose.vocab_fingerprint))
         models[variant] = runs[variant][0]
     console.log(f"{name}: timing {len(models)} rankers in turns ({LATENCY_ROUNDS} rounds)")
-    length = int(ctx.manifest["history_length"])
+    length = int(choose.manifest["history_length"])
     latency = interleaved_latency(models, c.latency_candidates, LATENCY_ROUNDS, threads=1, warmup=20,
                                   history_length=length)
     batched = interleaved_latency(models, c.latency_candidates, LATENCY_ROUNDS // 4, threads=1, warmup=5,
@@ -131,9 +137,10 @@ def run_dataset(name: str, finetune_epochs: int, seeds: int, variants: list[str]
 def print_table(name: str, rows: list[dict]) -> None:
     dense = rows[0]
     seeds = max(len(r["ndcg_runs"]) for r in rows)
-    t = Table(title=f"{name}: ranker compression (validation, all users, quality the mean of {seeds} fine-tuning "
-                    f"seeds; CPU, 1 thread, 100 candidates per request, TorchScript as served unless 'eager'; one "
-                    f"request and a serving batch of {SERVING_BATCH} per call, all models timed in turns)")
+    t = Table(title=f"{name}: ranker compression (validation, the judge half of its users, quality the mean of "
+                    f"{seeds} fine-tuning seeds; CPU, 1 thread, 100 candidates per request, TorchScript as served "
+                    f"unless 'eager'; one request and a serving batch of {SERVING_BATCH} per call, all models "
+                    f"timed in turns)")
     for col in ("variant", "params", "nonzero", "size KB", "ndcg@20", "Δ ndcg", "seed range", "recall@20", "p50 ms",
                 "p99 ms", "Δ p50", f"×{SERVING_BATCH} p50 ms", f"Δ ×{SERVING_BATCH}", "eager p50", "Δ eager",
                 "Δ size", "Δ params"):
@@ -164,7 +171,7 @@ def plot(name: str, rows: list[dict], path: Path) -> None:
         ax.scatter(r["p50_ms"], r["valid_ndcg@20"], s=400 * r["size_bytes"] / biggest, alpha=0.6)
         ax.annotate(r["variant"], (r["p50_ms"], r["valid_ndcg@20"]), fontsize=7)
     ax.set_xlabel("p50 ms per request (100 candidates, CPU, 1 thread)")
-    ax.set_ylabel("validation NDCG@20")
+    ax.set_ylabel("validation NDCG@20 (judge half of the users)")
     ax.set_title(f"{name}: ranker compression (area ∝ size)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -4,9 +4,11 @@ Owns the measurement: for each dataset (synthetic ``large``, MovieLens 100K, Onl
 each engine in a fresh subprocess (so every peak is that run's own), times the preprocessing call
 wall-clock (Ray start-up reported apart), takes peak memory (the child's ``ru_maxrss`` for the pandas
 process and the Ray driver; psutil sampling, from this process, of the Ray worker and system processes
-under the driver), checks that both engines' counts agree, and sweeps synthetic scales to show that
-the Ray driver's memory stays flat as the log grows. Prints rich tables and writes
-``benchmarks/results/preprocess.json``.
+under the driver), checks that both engines wrote the same data (every manifest count, and a content
+digest of every output table and vocabulary, ``rayrec.data.manifest_check.output_digests``: the rows
+as a multiset, so row order and file layout do not count) and exits non-zero when anything differs,
+and sweeps synthetic scales to show that the Ray driver's memory stays flat as the log grows. Prints
+rich tables and writes ``benchmarks/results/preprocess.json``.
 
     .venv/bin/python benchmarks/preprocess.py [--quick] [--datasets ...] [--scales ...]
 """
@@ -39,10 +41,10 @@ DATA = RESULTS / "data"
 SCALES = ("small", "demo", "large")
 REAL = {"movielens-100k": "configs/movielens-100k.yaml", "online-retail": "configs/online-retail.yaml"}
 DATASETS = (*(f"synthetic-{s}" for s in SCALES), *REAL)
-HARD_KEYS = ("rows_read", "rejected", "duplicates", "kept")
-SOFT_KEYS = ("filtered_kcore", "kept_interactions", "rejected_by_reason")
+COMPARED = ("counts", "outputs", "vocab_sizes", "split_cutoffs_ms", "catalog")  # manifest keys both engines write
 STAGES = ("checking input files", "reading and validating the catalog", "reading and validating",
-          "removing exact duplicates", "k-core", "building vocabularies", "building sequences", "writing the item table")
+          "removing exact duplicates", "k-core", "building vocabularies", "building sequences", "writing the item table",
+          "checking the manifest")
 MB = 2**20
 console = Console(width=None if sys.stdout.isatty() else 200)
 
@@ -118,7 +120,7 @@ def child(engine: str, dataset: str, result_path: Path, num_cpus: int) -> None:
     stages.append((seconds, "end", sampler.mark() / MB))
     if engine == "ray":
         ray.shutdown()
-    keep = ("counts", "catalog", "outputs", "vocab_sizes", "split_cutoffs_ms")
+    keep = COMPARED
     result_path.write_text(json.dumps({
         "engine": engine, "dataset": dataset, "seconds": seconds, "init_s": init_s, "cpu_s": cpu_s,
         **stage_summary(stages), "stage_log": stages, "rss_before_run_mb": before / MB,
@@ -190,8 +192,12 @@ def measure(engine: str, dataset: str, num_cpus: int, keep_outputs: bool, progre
             time.sleep(0.25)
     progress.remove_task(task)
     result = finish_child(proc, cpu, result_path, log_path, f"{engine} on {dataset}", console)
+    from rayrec.data.manifest_check import output_digests  # not at import: the child's memory is measured
+
+    out = RESULTS / "out" / f"{dataset}-{engine}"
+    result["digests"] = output_digests(out)  # here, not in the child: hashing is not the engine's time
     if not keep_outputs:
-        shutil.rmtree(RESULTS / "out" / f"{dataset}-{engine}", ignore_errors=True)
+        shutil.rmtree(out, ignore_errors=True)
     result["load_avg_1m"] = [load, os.getloadavg()[0]]
     if engine == "ray":
         result |= {f"{k}_peak_mb": v for k, v in peaks.items()}
@@ -201,22 +207,25 @@ def measure(engine: str, dataset: str, num_cpus: int, keep_outputs: bool, progre
     return result
 
 
-def compare(ray: dict[str, Any], pd_: dict[str, Any]) -> dict[str, list[str]]:
-    """Keys whose values differ: hard (must match, exit 1) and soft (reported)."""
-    soft = [k for k in SOFT_KEYS if ray["counts"][k] != pd_["counts"][k]]
-    soft += [k for k in ("outputs", "vocab_sizes", "split_cutoffs_ms", "catalog") if ray[k] != pd_[k]]
-    return {"hard": [k for k in HARD_KEYS if ray["counts"][k] != pd_["counts"][k]], "soft": soft}
+def compare(ray: dict[str, Any], pd_: dict[str, Any]) -> list[str]:
+    """What differs between the engines (any difference exits 1): manifest counts by name, then
+    output tables and vocabularies by digest."""
+    counts = [f"counts.{k}" for k in sorted(set(ray["counts"]) | set(pd_["counts"]))
+              if ray["counts"].get(k) != pd_["counts"].get(k)]
+    keys = [k for k in COMPARED if k != "counts" and ray[k] != pd_[k]]
+    tables = [k for k in sorted(set(ray["digests"]) | set(pd_["digests"])) if ray["digests"].get(k) != pd_["digests"].get(k)]
+    return [*counts, *keys, *tables]
 
 
 def tables(results: dict[str, dict[str, Any]], datasets: list[str], scales: list[str]) -> None:
     main = Table(title="preprocess: Ray Data pipeline vs one pandas process (wall-clock, 2 CPUs)")
     for col in ("dataset", "events", "Ray s", "pandas s", "Ray rows/s", "pandas rows/s", "ratio",
-                "Ray driver peak MB", "Ray workers peak MB", "pandas peak MB", "counts match"):
+                "Ray driver peak MB", "Ray workers peak MB", "pandas peak MB", "outputs equal"):
         main.add_column(col, justify="left" if col == "dataset" else "right")
     for d in datasets:
         r, p, m = results[d]["ray"], results[d]["pandas"], results[d]["mismatch"]
         n = r["counts"]["rows_read"]
-        ok = "✓" if not (m["hard"] or m["soft"]) else f"✗ {', '.join(m['hard'] + m['soft'])}"
+        ok = "✓" if not m else f"✗ {', '.join(m)}"
         main.add_row(d, f"{n:,}", f"{r['seconds']:.1f}", f"{p['seconds']:.1f}", f"{n / r['seconds']:,.0f}",
                      f"{n / p['seconds']:,.0f}", f"{p['seconds'] / r['seconds']:.2f}×", f"{r['ru_maxrss_mb']:,.0f}",
                      f"{r['workers_rss_peak_mb']:,.0f}", f"{p['ru_maxrss_mb']:,.0f}", ok)  # fmt: skip
@@ -296,9 +305,9 @@ def main() -> None:
         "results": results,
     }, indent=1))  # fmt: skip
     console.print(f"wrote {args.json}")
-    bad = {d: r["mismatch"]["hard"] for d, r in results.items() if r["mismatch"]["hard"]}
+    bad = {d: r["mismatch"] for d, r in results.items() if r["mismatch"]}
     if bad:
-        raise SystemExit(f"counts differ between Ray and pandas: {bad}")
+        raise SystemExit(f"outputs differ between Ray and pandas: {bad}")
 
 
 if __name__ == "__main__":

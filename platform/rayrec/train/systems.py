@@ -220,6 +220,23 @@ def _validation_users(split: EvalSplit, max_users: int) -> EvalSplit:
     return split
 
 
+def choose_and_judge(split: EvalSplit) -> tuple[EvalSplit, EvalSplit]:
+    """``split`` cut into two disjoint halves of its users, (choose, judge): settings are chosen on the
+    first and the result is scored on the second, never on the users that chose it. The cut is by
+    ``in_judge_half`` of each ``user_idx``, so a user falls in the same half on every run, in every
+    subset of the split, whatever its other users."""
+    judge = in_judge_half(split.users)
+    if judge.all() or not judge.any():
+        raise ValueError(f"{len(split.users)} {split.split} user(s) cannot be cut into two non-empty halves")
+    return subset_users(split, np.flatnonzero(~judge)), subset_users(split, np.flatnonzero(judge))
+
+
+def in_judge_half(users: np.ndarray) -> np.ndarray:
+    """bool per ``user_idx``: the top bit of its Fibonacci hash (id x 2^64/golden ratio, mod 2^64), true for
+    about half of any run of consecutive ids."""
+    return ((users.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(63)) == 1
+
+
 def _recommend(system: TwoTowerRecommender | TwoStageRecommender, models: Sequence[torch.nn.Module],
                split: EvalSplit, k: int, exclude_seen: bool) -> np.ndarray:
     """``system``'s top ``k`` for the users of ``split``, the models' train/eval modes left as they were."""
