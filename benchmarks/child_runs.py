@@ -22,6 +22,6 @@ def finish_child(proc: subprocess.Popen, pids: Iterable[int], result_path: Path,
         except psutil.NoSuchProcess:
             pass
     if proc.returncode != 0 or not result_path.exists():
-        console.print(log_path.read_text()[-4000:])
+        console.print(log_path.read_text()[-4000:], markup=False, highlight=False)
         raise SystemExit(f"{what} failed (exit {proc.returncode}); log: {log_path}")
     return json.loads(result_path.read_text())

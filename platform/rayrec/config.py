@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 SourceFormat = Literal["rayrec", "movielens", "retailrocket", "online_retail", "generic"]
 FileFormat = Literal["csv", "parquet", "jsonl"]
 Scale = Literal["tiny", "small", "demo", "large"]
-Baseline = Literal["most_popular", "recently_popular", "item_knn", "implicit_als", "implicit_bpr"]
+Baseline = Literal["most_popular", "recently_popular", "item_knn", "implicit_als", "implicit_bpr", "ease", "sasrec"]
 
 
 class ConfigError(ValueError):
@@ -293,10 +293,42 @@ class EvaluateConfig(Section):
                                      "window (not yet seen by the user) added to the retrieval candidates.")
     min_stage: int = Field(1, ge=0, le=3, description="Targets: test interactions at least this funnel stage (1 = click).")
     baselines: list[Baseline] = Field(
-        default_factory=lambda: ["most_popular", "recently_popular", "item_knn", "implicit_als", "implicit_bpr"],
+        default_factory=lambda: ["most_popular", "recently_popular", "item_knn", "implicit_als", "implicit_bpr",
+                                 "ease"],
         description="Baselines computed in the same run.",
     )
+    baseline_space: dict[Baseline, dict[str, SearchDimension]] = Field(
+        default_factory=lambda: default_baseline_space(), description="Per baseline, its constructor's keyword "
+        "(train/baselines.py) -> search dimension; `tune_baselines` searches it with Ray Tune on validation "
+        "NDCG@20 of users with history. A baseline without an entry runs with its constructor's defaults.")
+    baseline_trials: int = Field(16, ge=1, description="Ray Tune trials per baseline with a search space; at least "
+                                 "tune.num_samples, so no baseline gets a smaller budget than rayrec's own tuning.")
+    cold_start_windows: list[float] = Field(default_factory=lambda: [1.0, 3.0, 7.0, 14.0, 28.0],
+                                            description="The cold-user policies compared on validation, besides "
+                                            "all-time popularity: the most-interacted items of this many days "
+                                            "before the cutoff. The best on validation answers the users without "
+                                            "history for every system alike.")
     out_dir: str | None = Field(None, description="Report folder (null: <train.out_dir>/report).")
+
+
+def default_baseline_space() -> dict[str, dict[str, SearchDimension]]:
+    """Ranges from the baselines' papers and libraries, wide enough for catalogs of 10^3 to 10^6 items."""
+    def dim(kind: str, low: float | None = None, high: float | None = None, values: list[Any] | None = None) -> SearchDimension:
+        return SearchDimension(type=kind, low=low, high=high, values=values)  # type: ignore[arg-type]
+
+    return {
+        "recently_popular": {"window_days": dim("loguniform", 1, 90)},
+        "item_knn": {"neighbors": dim("int", 10, 1000), "shrinkage": dim("uniform", 0, 100)},
+        "implicit_als": {"factors": dim("choice", values=[32, 64, 128, 256]), "regularization": dim("loguniform", 1e-3, 10),
+                         "alpha": dim("loguniform", 0.1, 50), "iterations": dim("int", 5, 40)},
+        "implicit_bpr": {"factors": dim("choice", values=[32, 64, 128, 256]),
+                         "learning_rate": dim("loguniform", 1e-3, 0.1), "regularization": dim("loguniform", 1e-4, 0.1),
+                         "iterations": dim("int", 20, 300)},
+        "ease": {"l2": dim("loguniform", 1, 1e4)},
+        "sasrec": {"layers": dim("int", 1, 3), "dim": dim("choice", values=[32, 64, 128]),
+                   "dropout": dim("uniform", 0, 0.5), "max_length": dim("choice", values=[20, 50, 100]),
+                   "lr": dim("loguniform", 1e-4, 1e-2)},
+    }
 
 
 IndexKind = Literal["auto", "flat", "ivf_flat", "hnsw", "ivf_pq"]
@@ -514,6 +546,14 @@ class RayrecConfig(Section):
                 raise ValueError(f"train.include_valid needs a number for ranker.{name}: null chooses it on the "
                                  "validation split, which the models then learn from. Set the boost the train-only "
                                  f"run chose (spec.{name} in its ranker's meta.json).")
+        return self
+
+    @model_validator(mode="after")
+    def _baselines_get_rayrecs_tuning_budget(self) -> "RayrecConfig":
+        if self.evaluate.baseline_trials < self.tune.num_samples:
+            raise ValueError(f"evaluate.baseline_trials ({self.evaluate.baseline_trials}) is below tune.num_samples "
+                             f"({self.tune.num_samples}): every baseline gets at least rayrec's own tuning budget. "
+                             "Raise evaluate.baseline_trials.")
         return self
 
     @model_validator(mode="after")

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import scipy.sparse as sp
 
-from rayrec.train.evaluate import EvalSplit, Recommender, rows_per_batch, topk_excluding
+from rayrec.train.evaluate import EvalSplit, NotRunnable, Recommender, rows_per_batch, topk_excluding
 
 
 def _batches(n: int, n_items: int) -> Iterator[slice]:
@@ -23,12 +23,12 @@ def _batches(n: int, n_items: int) -> Iterator[slice]:
         yield slice(lo, min(lo + size, n))
 
 
-def _prior_counts(split: EvalSplit) -> np.ndarray:
+def prior_counts(split: EvalSplit) -> np.ndarray:
     """Interactions per item before the cutoff: the popularity a system may know at query time."""
     return np.asarray(split.interactions.sum(axis=0)).ravel().astype(np.float64)
 
 
-def _tiebreak(popularity: np.ndarray) -> np.ndarray:
+def tiebreak(popularity: np.ndarray) -> np.ndarray:
     """Popularity squeezed into [0, 1e-6): added to a score, it orders only otherwise-equal items."""
     return 1e-6 * popularity / (popularity.max(initial=0.0) + 1.0)
 
@@ -48,7 +48,7 @@ class MostPopular:
         self.scores: np.ndarray | None = None
 
     def fit(self, split: EvalSplit) -> None:
-        self.scores = _prior_counts(split)
+        self.scores = prior_counts(split)
 
     def recommend(self, split: EvalSplit, k: int, exclude_seen: bool) -> np.ndarray:
         assert self.scores is not None, "fit first"
@@ -59,14 +59,15 @@ class RecentlyPopular:
     """Items ranked by their count in the last ``window_days`` before the cutoff; overall prior
     popularity orders ties, including the items nobody touched in the window."""
 
+    name = "RecentlyPopular"
+
     def __init__(self, window_days: float = 7.0) -> None:
-        self.window_days = window_days
-        self.name = f"RecentlyPopular({window_days:g}d)"
+        self.window_days = float(window_days)
         self.scores: np.ndarray | None = None
 
     def fit(self, split: EvalSplit) -> None:
         counts = split.recent_counts(self.window_days)
-        overall = _prior_counts(split)
+        overall = prior_counts(split)
         # Window counts are integers, so overall/(max+1) < 1 can only reorder equal window counts.
         self.scores = counts + overall / (overall.max(initial=0.0) + 1.0)
 
@@ -75,23 +76,31 @@ class RecentlyPopular:
         return _rank_global(self.scores, split, k, exclude_seen)
 
 
-def cosine_neighbors(user_items: sp.csr_matrix, neighbors: int, block: int | None = None) -> sp.csr_matrix:
+def cosine_neighbors(user_items: sp.csr_matrix, neighbors: int, block: int | None = None,
+                     shrinkage: float = 0.0) -> sp.csr_matrix:
     """Item-item cosine similarity of the binary ``user_items`` columns, top ``neighbors`` per row.
 
-    Computed ``block`` items at a time (dense ``[block, n_items]``, by default ~16M values) so
-    memory stays bounded; the diagonal is dropped so an item never recommends itself.
+    ``shrinkage`` is added to the denominator (``co / (|i| |j| + shrinkage)``), which pulls the
+    similarity of items seen together by few users towards 0. Computed ``block`` items at a time
+    (dense ``[block, n_items]``, by default ~16M values) so memory stays bounded; the diagonal is
+    dropped so an item never recommends itself.
     """
     x = user_items.astype(bool).astype(np.float32).tocsc()
     n_items = x.shape[1]
     block = block or rows_per_batch(n_items, cap=1024)
     norms = np.sqrt(np.asarray(x.sum(axis=0)).ravel()).astype(np.float32)
     inv = np.divide(np.float32(1.0), norms, out=np.zeros_like(norms), where=norms > 0)
+    shrink = np.float32(shrinkage)
     xt = x.T.tocsr()
     keep = min(neighbors, max(n_items - 1, 0))
     rows, cols, vals = [], [], []
     for lo in range(0, n_items, block):
         hi = min(lo + block, n_items)
-        co = (xt[lo:hi] @ x).toarray() * inv[lo:hi, None] * inv[None, :]
+        co = (xt[lo:hi] @ x).toarray()
+        if shrink > 0:
+            co /= norms[lo:hi, None] * norms[None, :] + shrink
+        else:
+            co *= inv[lo:hi, None] * inv[None, :]
         co[np.arange(hi - lo), np.arange(lo, hi)] = 0.0
         if keep == 0:
             continue
@@ -110,23 +119,25 @@ def cosine_neighbors(user_items: sp.csr_matrix, neighbors: int, block: int | Non
 
 class ItemKNN:
     """Item-based CF: score(u, j) = sum over u's prior items i of cos(i, j), cosine on the binary
-    user x item matrix before the cutoff, keeping each item's top ``neighbors``."""
+    user x item matrix before the cutoff (shrunk by ``shrinkage``), keeping each item's top
+    ``neighbors``."""
 
-    def __init__(self, neighbors: int = 100) -> None:
-        self.neighbors = neighbors
-        self.name = f"ItemKNN(k={neighbors})"
+    name = "ItemKNN"
+
+    def __init__(self, neighbors: int = 100, shrinkage: float = 0.0) -> None:
+        self.neighbors, self.shrinkage = int(neighbors), float(shrinkage)
         self.similarity: sp.csr_matrix | None = None
         self.popularity: np.ndarray | None = None
 
     def fit(self, split: EvalSplit) -> None:
-        self.similarity = cosine_neighbors(split.interactions, self.neighbors)
-        self.popularity = _prior_counts(split)
+        self.similarity = cosine_neighbors(split.interactions, self.neighbors, shrinkage=self.shrinkage)
+        self.popularity = prior_counts(split)
 
     def recommend(self, split: EvalSplit, k: int, exclude_seen: bool) -> np.ndarray:
         assert self.similarity is not None and self.popularity is not None, "fit first"
         out = np.empty((len(split.users), k), dtype=np.int64)
         seen = split.seen.astype(np.float32)
-        tie = _tiebreak(self.popularity)
+        tie = tiebreak(self.popularity)
         for rows in _batches(len(split.users), split.n_items):
             scores = (seen[rows] @ self.similarity).toarray().astype(np.float64) + tie
             out[rows] = topk_excluding(scores, split.seen[rows], k, exclude_seen)
@@ -191,9 +202,10 @@ class ImplicitALS(_ImplicitModel):
     def __init__(self, factors: int = 64, iterations: int = 15, regularization: float = 0.05,
                  alpha: float = 1.0, random_state: int = 42, num_threads: int = 0) -> None:
         super().__init__()
+        factors, iterations = int(factors), int(iterations)
         self.factors, self.iterations, self.regularization = factors, iterations, regularization
         self.alpha, self.random_state, self.num_threads = alpha, random_state, num_threads
-        self.name = f"ImplicitALS(f={factors})"
+        self.name = "ImplicitALS"
 
     def _make(self) -> object:
         from implicit.cpu.als import AlternatingLeastSquares
@@ -211,9 +223,10 @@ class ImplicitBPR(_ImplicitModel):
     def __init__(self, factors: int = 64, iterations: int = 100, learning_rate: float = 0.05,
                  regularization: float = 0.01, random_state: int = 42, num_threads: int = 1) -> None:
         super().__init__()
+        factors, iterations = int(factors), int(iterations)
         self.factors, self.iterations, self.learning_rate = factors, iterations, learning_rate
         self.regularization, self.random_state, self.num_threads = regularization, random_state, num_threads
-        self.name = f"ImplicitBPR(f={factors})"
+        self.name = "ImplicitBPR"
 
     def _make(self) -> object:
         from implicit.cpu.bpr import BayesianPersonalizedRanking
@@ -225,11 +238,63 @@ class ImplicitBPR(_ImplicitModel):
         )
 
 
-# Config names (``evaluate.baselines``) -> constructors with the defaults above.
-BASELINES: dict[str, Callable[[], Recommender]] = {
+class EASE:
+    """EASE (Steck 2019): a closed-form item x item linear model, ``B = I - P / diag(P)`` with
+    ``P = (X^T X + lambda I)^-1`` on the binary user x item matrix before the cutoff, and score(u) =
+    x_u B (zero diagonal, so an item never recommends itself). Dense ``[n_items, n_items]``: refused
+    with :class:`NotRunnable` when its matrices would exceed ``max_gb``."""
+
+    name = "EASE"
+
+    def __init__(self, l2: float = 500.0, max_gb: float = 4.0) -> None:
+        self.l2, self.max_gb = float(l2), float(max_gb)
+        self.weights: np.ndarray | None = None
+        self.popularity: np.ndarray | None = None
+
+    @staticmethod
+    def needed_gb(n_items: int) -> float:
+        """Peak memory of the fit: the Gram matrix, its inverse and B, float64."""
+        return 3 * 8 * n_items**2 / 2**30
+
+    def fit(self, split: EvalSplit) -> None:
+        if self.needed_gb(split.n_items) > self.max_gb:
+            raise NotRunnable(f"needs {self.needed_gb(split.n_items):.1f} GB for {split.n_items:,} items "
+                              f"(limit {self.max_gb:g} GB)")
+        x = split.interactions.astype(bool).astype(np.float64)
+        gram = (x.T @ x).toarray()
+        gram[np.diag_indices_from(gram)] += self.l2
+        inverse = np.linalg.inv(gram)
+        del gram
+        weights = inverse / (-np.diag(inverse))
+        weights[np.diag_indices_from(weights)] = 0.0
+        self.weights = weights.astype(np.float32)
+        self.popularity = prior_counts(split)
+
+    def recommend(self, split: EvalSplit, k: int, exclude_seen: bool) -> np.ndarray:
+        assert self.weights is not None and self.popularity is not None, "fit first"
+        out = np.empty((len(split.users), k), dtype=np.int64)
+        seen = split.seen.astype(np.float32)
+        tie = tiebreak(self.popularity)
+        for rows in _batches(len(split.users), split.n_items):
+            scores = np.asarray(seen[rows] @ self.weights, dtype=np.float64) + tie
+            out[rows] = topk_excluding(scores, split.seen[rows], k, exclude_seen)
+        return out
+
+
+def _sasrec(**params: float) -> Recommender:
+    from rayrec.train.sasrec import SASRecRecommender  # torch: imported only when asked for
+
+    return SASRecRecommender(**params)  # type: ignore[arg-type]
+
+
+# Config names (``evaluate.baselines``) -> constructors; keyword arguments are their hyperparameters
+# (``evaluate.baseline_space`` searches them), and each constructor's defaults are the untuned values.
+BASELINES: dict[str, Callable[..., Recommender]] = {
     "most_popular": MostPopular,
     "recently_popular": RecentlyPopular,
     "item_knn": ItemKNN,
     "implicit_als": ImplicitALS,
     "implicit_bpr": ImplicitBPR,
+    "ease": EASE,
+    "sasrec": _sasrec,
 }

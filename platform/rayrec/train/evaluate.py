@@ -78,6 +78,11 @@ class EvalSplit:
         return np.bincount(self.prior.item_idx[recent], minlength=self.n_items).astype(np.float64)
 
 
+class NotRunnable(RuntimeError):
+    """A system that cannot run at this size (e.g. a dense item x item matrix past the memory allowed):
+    reported as "not run" with the reason, never a crash of the whole evaluation."""
+
+
 @runtime_checkable
 class Recommender(Protocol):
     """A system under evaluation. ``recommend`` returns ``[len(split.users), k]`` item ids, best
@@ -233,19 +238,35 @@ def evaluate(
     ks: Sequence[int] = (10, 20, 50, 100),
     exclude_seen: bool = True,
     segments: Mapping[str, np.ndarray] | None = None,
+    cold_start: Recommender | None = None,
 ) -> pd.DataFrame:
     """Fit and score each system on ``split``: one row per system, metric columns plus timings; for
     each of ``segments`` (a bool mask over the split's users) also Recall / NDCG of its users at K=20
     (or the largest K when 20 is not asked for). ``df.attrs["per_user"]`` holds each system's per-user
-    Recall and NDCG at that K (``metrics.user_metrics``), for paired comparisons of two systems."""
+    Recall and NDCG at that K (``metrics.user_metrics``), for paired comparisons of two systems.
+
+    With ``cold_start``, every system's users without history get that system's list instead of their
+    own (one cold-user policy for all). A system whose ``fit`` raises ``NotRunnable`` (too large for this
+    machine) gets a row with its reason in ``not_run`` and no metrics."""
     kmax = max(ks)
     segment_k = 20 if 20 in ks else kmax
     rows, per_user = [], {}
+    cold_rows = np.flatnonzero(split.no_history)
+    cold_top = None
+    if cold_start is not None and cold_rows.size:
+        cold_start.fit(split)
+        cold_top = np.asarray(cold_start.recommend(split, kmax, exclude_seen))[cold_rows]
     for system in systems:
         t0 = time.perf_counter()
-        system.fit(split)
+        try:
+            system.fit(split)
+        except NotRunnable as error:
+            rows.append({"system": system.name, "not_run": str(error)})
+            continue
         t1 = time.perf_counter()
         top = np.asarray(system.recommend(split, kmax, exclude_seen))
+        if cold_top is not None:
+            top[cold_rows] = cold_top
         t2 = time.perf_counter()
         _check_output(system, split, top, kmax, exclude_seen)
         metrics = ranking_metrics(top, split.targets, ks, split.item_popularity)
@@ -258,7 +279,7 @@ def evaluate(
     df = pd.DataFrame(rows)
     df.attrs["per_user"] = per_user
     if "users" in df:
-        df["users"] = df["users"].astype(np.int64)
+        df["users"] = df["users"].astype("Int64")  # a row that did not run has no count
     return df
 
 
