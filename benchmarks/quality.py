@@ -20,7 +20,9 @@ models on the train split, where their settings are chosen).
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import os
 import time
 from pathlib import Path
 
@@ -28,6 +30,7 @@ import numpy as np
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
+from run_record import git_state
 
 from rayrec.artifacts import read_meta
 from rayrec.config import RayrecConfig, load_config
@@ -148,15 +151,7 @@ def _column(metric: str, segment: str) -> str:
 
 def run_record() -> dict:
     """When, on what code and which machine the run was made: every quoted number traces back to it."""
-    import datetime
-    import os
-    import subprocess
-
-    def git(*cmd: str) -> str:
-        return subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True).stdout.strip()
-
-    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **git_state(),
             "machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg()}}
 
 

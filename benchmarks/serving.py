@@ -90,6 +90,7 @@ from typing import Any
 import numpy as np
 import psutil
 from child_runs import finish_child
+from run_record import git_state
 from rich.console import Console
 from rich.table import Table
 
@@ -866,19 +867,6 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def git_state() -> dict[str, Any]:
-    """The commit measured and whether the working tree differed from it (and where)."""
-
-    def git(*argv: str) -> str:
-        try:
-            return subprocess.run(["git", *argv], cwd=REPO, capture_output=True, text=True, timeout=30).stdout
-        except (OSError, subprocess.TimeoutExpired):
-            return ""
-
-    changed = git("status", "--porcelain").splitlines()
-    return {"commit": git("rev-parse", "HEAD").strip() or None, "dirty": bool(changed), "changed": changed[:50]}
 
 
 def machine_info() -> dict[str, Any]:

@@ -16,7 +16,7 @@ import scipy.sparse as sp
 from rayrec.train.evaluate import EvalSplit, NotRunnable, Recommender, rows_per_batch, topk_excluding
 
 
-def _batches(n: int, n_items: int) -> Iterator[slice]:
+def user_batches(n: int, n_items: int) -> Iterator[slice]:
     """User slices whose dense ``[rows, n_items]`` score blocks stay bounded on large catalogs."""
     size = rows_per_batch(n_items, cap=2048)
     for lo in range(0, n, size):
@@ -31,6 +31,20 @@ def prior_counts(split: EvalSplit) -> np.ndarray:
 def tiebreak(popularity: np.ndarray) -> np.ndarray:
     """Popularity squeezed into [0, 1e-6): added to a score, it orders only otherwise-equal items."""
     return 1e-6 * popularity / (popularity.max(initial=0.0) + 1.0)
+
+
+def rank_by_item_weights(weights: np.ndarray | sp.spmatrix, popularity: np.ndarray, split: EvalSplit, k: int,
+                         exclude_seen: bool) -> np.ndarray:
+    """Top ``k`` per user of score(u) = u's prior items @ ``weights`` (item x item, sparse or dense),
+    popularity ordering ties: the scoring of every item-to-item model (ItemKNN, EASE)."""
+    out = np.empty((len(split.users), k), dtype=np.int64)
+    seen = split.seen.astype(np.float32)
+    tie = tiebreak(popularity)
+    for rows in user_batches(len(split.users), split.n_items):
+        product = seen[rows] @ weights
+        scores = (product.toarray() if sp.issparse(product) else np.asarray(product)).astype(np.float64) + tie
+        out[rows] = topk_excluding(scores, split.seen[rows], k, exclude_seen)
+    return out
 
 
 def _rank_global(scores: np.ndarray, split: EvalSplit, k: int, exclude_seen: bool) -> np.ndarray:
@@ -135,13 +149,7 @@ class ItemKNN:
 
     def recommend(self, split: EvalSplit, k: int, exclude_seen: bool) -> np.ndarray:
         assert self.similarity is not None and self.popularity is not None, "fit first"
-        out = np.empty((len(split.users), k), dtype=np.int64)
-        seen = split.seen.astype(np.float32)
-        tie = tiebreak(self.popularity)
-        for rows in _batches(len(split.users), split.n_items):
-            scores = (seen[rows] @ self.similarity).toarray().astype(np.float64) + tie
-            out[rows] = topk_excluding(scores, split.seen[rows], k, exclude_seen)
-        return out
+        return rank_by_item_weights(self.similarity, self.popularity, split, k, exclude_seen)
 
 
 class _ImplicitModel:
@@ -272,13 +280,7 @@ class EASE:
 
     def recommend(self, split: EvalSplit, k: int, exclude_seen: bool) -> np.ndarray:
         assert self.weights is not None and self.popularity is not None, "fit first"
-        out = np.empty((len(split.users), k), dtype=np.int64)
-        seen = split.seen.astype(np.float32)
-        tie = tiebreak(self.popularity)
-        for rows in _batches(len(split.users), split.n_items):
-            scores = np.asarray(seen[rows] @ self.weights, dtype=np.float64) + tie
-            out[rows] = topk_excluding(scores, split.seen[rows], k, exclude_seen)
-        return out
+        return rank_by_item_weights(self.weights, self.popularity, split, k, exclude_seen)
 
 
 def _sasrec(**params: float) -> Recommender:

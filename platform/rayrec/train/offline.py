@@ -3,7 +3,8 @@
 Systems: the configured baselines (most-popular, recently-popular, item-kNN, EASE, SASRec, and the
 `implicit` library's ALS and BPR as the peer), the two-tower retrieval model alone, and retrieval
 followed by the ranker over the top ``evaluate.candidates``. All are scored by full ranking over the
-catalog, and users without history get one list for all of them (``train.cold_start``).
+catalog, and users without history get one list for all of them (``train/cold_start.py``, among
+``evaluate.cold_start_windows``).
 """
 
 from __future__ import annotations

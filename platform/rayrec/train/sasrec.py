@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from rayrec.features.vocab import PAD_ID
 from rayrec.models.sasrec import SASRecModel, SASRecSpec
-from rayrec.train.baselines import prior_counts, tiebreak
+from rayrec.train.baselines import prior_counts, tiebreak, user_batches
 from rayrec.train.evaluate import EvalSplit, EventLog, topk_excluding
 
 
@@ -98,8 +98,7 @@ class SASRecRecommender:
         out = np.empty((len(split.users), k), dtype=np.int64)
         tie = tiebreak(self.popularity)
         cold = ~(queries != PAD_ID).any(axis=1)
-        for lo in range(0, len(queries), 256):
-            rows = slice(lo, lo + 256)
+        for rows in user_batches(len(queries), split.n_items):
             scores = self.model.next_item_logits(torch.as_tensor(queries[rows])).double().numpy()
             scores[cold[rows]] = 0.0  # no history: the popularity order below decides
             out[rows] = topk_excluding(scores + tie, split.seen[rows], k, exclude_seen)
