@@ -119,11 +119,12 @@ def test_evaluation_reports_every_system_on_the_same_split(trained, tmp_path):
     cfg = cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update={"out_dir": str(tmp_path)})})
     table, info = run_evaluation(cfg, ctx)
     systems = table["system"].tolist()
-    assert len(systems) == 7 and any("two_tower+ranker" in s for s in systems)
+    # six default baselines (EASE among them) + retrieval + two-stage
+    assert len(systems) == 8 and "EASE" in systems and any("two_tower+ranker" in s for s in systems)
     for col in ("recall@20", "ndcg@20", "mrr", "hit@10", "coverage@20", "arp@20"):
         assert table[col].between(0, 1).all(), col
     report = json.loads(Path(info["paths"]["json"]).read_text())
-    assert len(report["rows"]) == 7 and Path(info["paths"]["png"]).stat().st_size > 0
+    assert len(report["rows"]) == 8 and Path(info["paths"]["png"]).stat().st_size > 0
 
 
 def test_users_without_history_get_the_trending_items_and_everyone_else_the_ranker(trained):
