@@ -37,7 +37,7 @@ from rich.console import Console
 from rich.table import Table
 
 from rayrec.config import load_config
-from rayrec.index.release import build_release
+from rayrec.index.build import build_release
 from rayrec.index.search_eval import SEARCH_KS, SPLITS, evaluate_search, load_search_systems, search_events
 from rayrec.runtime import init_ray
 from rayrec.train.evaluate import write_report
@@ -86,7 +86,7 @@ def run_dataset(name: str, retrain: bool, max_queries: int, query_words: int) ->
     else:
         examples = derived_queries(processed, max_queries, query_words)
         how = f"derived: {query_words} word(s) of the target item's title, test-split interactions"
-    df = evaluate_search(engine, personal, examples, meta["n_items"], int(meta["history_length"]))
+    df = evaluate_search(engine, personal, examples, meta.n_items, meta.history_length)
     write_report(df, RESULTS / "search" / name, title=f"Search evaluation ({name}, test split)", notes=how,
                  chart_k=10)
     rows = df.to_dict(orient="records")

@@ -140,18 +140,20 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
 
 def ranker_in_use(cfg: Any, release: Path) -> bool:
     """Whether serving ranks with this release (as ``rayrec.serve.app`` decides)."""
-    return bool(cfg.serve.use_ranker) and (release / "ranker").is_dir()
+    from rayrec.release import read_manifest
+
+    return bool(cfg.serve.use_ranker) and read_manifest(release).has_ranker
 
 
 def baseline_histories(release: Path, max_history: int) -> dict[str, Any]:
     """User → history, built from the release's bootstrap file as one feature-store shard builds it."""
     from collections import deque
 
-    from rayrec.index.release import HISTORIES
+    from rayrec.release import ReleaseLayout
     from rayrec.serve.feature_store import as_user_history, merge_event, read_bootstrap
 
     held: dict[str, deque] = {}
-    for user_id, entries in read_bootstrap(release / HISTORIES, 0, 1):
+    for user_id, entries in read_bootstrap(ReleaseLayout(release).histories, 0, 1):
         history = held.get(user_id)
         if history is None:
             held[user_id] = deque(entries, maxlen=max_history)
@@ -600,9 +602,9 @@ def user_bodies(release: Path, k: int, unknown_fraction: float, seed: int) -> tu
     ids so that they make up ``unknown_fraction`` of the draws."""
     import pyarrow.parquet as pq
 
-    from rayrec.index.release import HISTORIES
+    from rayrec.release import ReleaseLayout
 
-    known = [u for u in pq.read_table(release / HISTORIES, columns=["user_id"]).column("user_id").to_pylist() if u]
+    known = [u for u in pq.read_table(ReleaseLayout(release).histories, columns=["user_id"]).column("user_id").to_pylist() if u]
     n_unknown = round(len(known) * unknown_fraction / (1 - unknown_fraction)) if unknown_fraction < 1 else 1000
     rng = np.random.default_rng(seed)
     unknown = [f"bench-new-{rng.integers(1 << 40):x}" for _ in range(n_unknown)]
@@ -975,7 +977,7 @@ def estimated_duration_s(plan: Plan) -> float:
 def make_plan(args: argparse.Namespace, server_cpus: list[int]) -> Plan:
     from rayrec.artifacts import ArtifactError
     from rayrec.config import ConfigError, load_config
-    from rayrec.index.release import RELEASE_JSON, release_root, resolve_release
+    from rayrec.release import read_manifest, release_root, resolve_release
 
     overrides = [f"serve.port={args.port}", f"serve.app_name={APP_NAME}", f"serve.feature_store.dir={STORE}",
                  f"ray.num_cpus={len(server_cpus)}", *args.overrides]
@@ -1002,8 +1004,7 @@ def make_plan(args: argparse.Namespace, server_cpus: list[int]) -> Plan:
     spec = {"config": str(REPO / args.config), "overrides": overrides, "release": str(release),
             "server_cpus": server_cpus, "baseline_port": args.baseline_port, "baseline_handler": args.baseline_handler,
             "baseline_workers": args.baseline_workers or len(server_cpus)}
-    manifest = json.loads((release / RELEASE_JSON).read_text())
-    expect = AnswerExpectation.for_release(manifest, ranker_in_use(cfg, release))
+    expect = AnswerExpectation.for_release(read_manifest(release), ranker_in_use(cfg, release))
     return Plan(args=args, cfg=cfg, release=release, spec=spec, runs=runs, bodies=bodies,
                 check=bodies[:15] + bodies[n_known:n_known + 5], expect=expect, rule=SloRule(p99_ms=args.slo_ms),
                 search=search, haproxy=haproxy)

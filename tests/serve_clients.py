@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from rayrec.index.release import HISTORIES
+from rayrec.release import ReleaseLayout
 from rayrec.serve.launch import http_json
 
 CLIENT_TIMEOUT_S = 60.0
@@ -42,7 +42,7 @@ def _retry_after_s(answer: object) -> float:
 def known_users(release: Path, n: int = 28) -> list[str]:
     """``n`` users with history in ``release``: answered by retrieval + ranker (history-less ones get
     the trending list, which the ranker does not order)."""
-    return pq.read_table(release / HISTORIES, columns=["user_id"]).column("user_id").to_pylist()[:n]
+    return pq.read_table(ReleaseLayout(release).histories, columns=["user_id"]).column("user_id").to_pylist()[:n]
 
 
 class ClosedLoop:

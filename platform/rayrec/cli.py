@@ -376,15 +376,17 @@ def build_index(config: ConfigOpt = None, set_: SetOpt = None) -> None:
 
 
 def _run_build_index(cfg: RayrecConfig) -> Path:
-    from rayrec.index.release import build_release
+    from rayrec.index.build import build_release
+    from rayrec.release import read_manifest
 
     with _user_facing_errors(), _stages("build-index") as on_stage:
         release = build_release(cfg, on_stage)
-    manifest = json.loads((release / "index" / "manifest.json").read_text())
+    built = read_manifest(release)
+    manifest = built.index
     console.print(f"release [bold]{release.name}[/] in {release}: {manifest['kind']} index over "
                   f"{manifest['n_indexed']:,} items, recall@{manifest['recall_k']} {manifest['recall_at_k']:.3f} vs "
                   f"exact, {manifest['qps']:,.0f} queries/s ({manifest['qps'] / manifest['exact_qps']:.1f}× exact)")
-    search = json.loads((release / "release.json").read_text()).get("search")
+    search = built.search
     if search:
         semantic = search["semantic"]
         console.print(f"search: lexical ({search['lexical']['engine']}, {search['lexical']['docs']:,} items)"
@@ -408,7 +410,7 @@ def _run_serving(cfg: RayrecConfig, version: str | None = None, keep_serving: bo
 
     import pyarrow.parquet as pq
 
-    from rayrec.index.release import HISTORIES, release_root, resolve_release
+    from rayrec.release import ReleaseLayout, release_root, resolve_release
     from rayrec.runtime import init_ray
     from rich.markup import escape
 
@@ -419,9 +421,10 @@ def _run_serving(cfg: RayrecConfig, version: str | None = None, keep_serving: bo
         init_ray(cfg.ray)
         with console.status(f"starting Ray Serve (release {release.name})"):
             base = start_serving(cfg, release.name)
-    histories = pq.read_table(release / HISTORIES).slice(0, 1).to_pylist()
+    layout = ReleaseLayout(release)
+    histories = pq.read_table(layout.histories).slice(0, 1).to_pylist()
     user = histories[0]["user_id"] if histories else "demo-user"
-    items = pq.read_table(release / "items.parquet", columns=["item_id", "title", "category"]).to_pylist()
+    items = pq.read_table(layout.items, columns=["item_id", "title", "category"]).to_pylist()
     top = items[0]["category"].split(" > ")[0]
     clicked = [it["item_id"] for it in items if it["category"].startswith(top)][:3]
     query = str(items[0]["category"]).split(" > ")[-1].lower()  # a leaf category: several items match
@@ -559,7 +562,13 @@ def run(
     if with_serving:
         _run_build_index(cfg)
         if cfg.search.enabled and not smoke:  # tiny data has too few search events to say anything
-            _run_search_evaluation(cfg)
+            from rayrec.index.search_eval import has_search_events
+
+            if has_search_events(Path(cfg.preprocess.out_dir), "test"):
+                _run_search_evaluation(cfg)
+            else:
+                console.print("search evaluation skipped: the log has no test-period search followed by a click "
+                              "(search is still served)")
         _run_serving(cfg, keep_serving=not smoke)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from rayrec.config import with_values
-from rayrec.index.release import build_release
+from rayrec.index.build import build_release
 from rayrec.serve.launch import start_serving
 
 

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from rayrec.config import with_values
-from rayrec.index.release import HISTORIES
+from rayrec.release import ReleaseLayout
 from rayrec.serve.launch import http_json
 
 pytestmark = pytest.mark.integration
@@ -21,7 +21,7 @@ def _search(base: str, **body) -> tuple[int, dict]:
 
 
 def _word_of_an_item(release) -> tuple[str, dict]:
-    item = pq.read_table(release / "items.parquet").to_pylist()[0]
+    item = pq.read_table(ReleaseLayout(release).items).to_pylist()[0]
     return max((w for w in str(item["title"]).split() if w.isalpha()), key=len).lower(), item
 
 
@@ -39,7 +39,7 @@ def test_search_finds_items_by_title_words_and_says_where_from(served):
 
 def test_typos_and_filters(served):
     base, _, release = served
-    items = pq.read_table(release / "items.parquet").to_pylist()
+    items = pq.read_table(ReleaseLayout(release).items).to_pylist()
     word = next(w for it in items for w in str(it["title"]).split() if len(w) >= 6 and w.isalpha()).lower()
     typo = word[0] + word[2] + word[1] + word[3:]  # two letters swapped
     status, body = _search(base, query=typo, k=5)
@@ -52,7 +52,7 @@ def test_typos_and_filters(served):
 
 def test_known_users_get_the_text_matches_reordered_for_them(served):
     base, cfg, release = served
-    histories = pq.read_table(release / HISTORIES).to_pylist()
+    histories = pq.read_table(ReleaseLayout(release).histories).to_pylist()
     user = max(histories, key=lambda h: len(h["item_id"]))["user_id"]
     word, _ = _word_of_an_item(release)
     depth = cfg.search.personalize_depth

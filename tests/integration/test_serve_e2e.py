@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from rayrec.index.release import HISTORIES, TREND
+from rayrec.release import ReleaseLayout
 from rayrec.serve.feature_store import UserHistory
 from rayrec.serve.launch import http_json
 from rayrec.serve.retrieval import RecommendQuery, RetrievalCore
@@ -18,8 +18,8 @@ pytestmark = pytest.mark.integration
 
 
 def _users_and_items(release):
-    histories = pq.read_table(release / HISTORIES).to_pylist()
-    items = pq.read_table(release / "items.parquet").to_pylist()
+    histories = pq.read_table(ReleaseLayout(release).histories).to_pylist()
+    items = pq.read_table(ReleaseLayout(release).items).to_pylist()
     return histories, items
 
 
@@ -63,7 +63,7 @@ def test_candidates_are_faiss_hits_plus_trending_items_faiss_missed(served):
     assert both.cand.shape == (1, n + 20) and (both.cand[:, :n] == plain.cand).all()
     extra = both.cand[0, n:]
     extra = extra[extra >= 0]
-    trend = np.load(release / TREND)
+    trend = np.load(ReleaseLayout(release).trend)
     assert len(extra) > 0 and not np.isin(extra, plain.cand).any() and (trend[extra] > 0).all()
     assert list(extra) == sorted(extra, key=lambda i: -trend[i])  # most-counted first
     assert np.isfinite(both.retrieval_score[0, n:n + len(extra)]).all()
@@ -83,7 +83,7 @@ def test_the_ranking_replica_adds_the_rankers_trend_boost(served):
     ranking = RankingCore(release, cfg.ranker.purchase_weight)
     ranking.model.spec = dataclasses.replace(ranking.model.spec, trend_boost=2.0)
     valid = batch.cand >= 0
-    counts = np.load(release / TREND)[batch.cand[valid]]
+    counts = np.load(ReleaseLayout(release).trend)[batch.cand[valid]]
     lift = 2.0 * np.log1p(counts) / float(ranking.model.pop_scale)
     assert (counts > 0).any() and np.allclose(ranking.score(payload)[valid] - plain[valid], lift, atol=1e-5)
 
@@ -129,7 +129,7 @@ def test_unknown_user_gets_the_trending_items_in_trend_order(served):
     base, _, release = served
     status, body = http_json("POST", f"{base}/v1/recommend", {"user_id": "never-seen-before", "k": 5})
     assert status == 200 and body["cold_start"] and len(body["items"]) == 5 and not body["reranked"]
-    trend = np.load(release / TREND)
+    trend = np.load(ReleaseLayout(release).trend)
     _, items = _users_and_items(release)
     idx_of = {it["item_id"]: it["item_idx"] for it in items}
     got = [idx_of[it["item_id"]] for it in body["items"]]
@@ -231,7 +231,7 @@ def test_loadtest_drives_the_app_and_counts_its_replicas(served, tmp_path):
     from rayrec.loadtest.runner import LoadtestSettings, run_loadtest
 
     base, cfg, release = served
-    catalog = pq.read_table(release / "items.parquet", columns=["item_id", "title"])
+    catalog = pq.read_table(ReleaseLayout(release).items, columns=["item_id", "title"])
     items, queries = tmp_path / "items.txt", tmp_path / "queries.txt"
     items.write_text("\n".join(catalog["item_id"].to_pylist()[:20]))
     queries.write_text("\n".join(str(t).split()[-1] for t in catalog["title"].to_pylist()[:20]))

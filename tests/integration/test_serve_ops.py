@@ -11,7 +11,7 @@ import pytest
 
 from rayrec.artifacts import ArtifactError
 from rayrec.config import with_values
-from rayrec.index.release import build_release
+from rayrec.index.build import build_release
 from rayrec.serve.launch import http_json, start_serving
 from tests.serve_clients import ClosedLoop, known_users, running_replicas, wait_for
 

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rayrec.config import with_values
-from rayrec.index.release import build_release
+from rayrec.index.build import build_release
 from rayrec.serve.auth import add_key
 from rayrec.serve.launch import http_json, start_serving
 

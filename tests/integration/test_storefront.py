@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from rayrec.index.release import HISTORIES
+from rayrec.release import ReleaseLayout
 
 pytestmark = pytest.mark.integration
 
@@ -71,8 +71,8 @@ def test_search_click_and_recommendations_change(served, browser, tmp_path):
     base, _, release = served
     with urllib.request.urlopen(f"{base}/readyz", timeout=30) as r:
         assert json.load(r)["ranking"]["trend_boost"] == 0.0  # serve.trend_boost reached the ranking replica
-    histories = pq.read_table(release / HISTORIES).to_pylist()
-    items = {it["item_id"]: it for it in pq.read_table(release / "items.parquet").to_pylist()}
+    histories = pq.read_table(ReleaseLayout(release).histories).to_pylist()
+    items = {it["item_id"]: it for it in pq.read_table(ReleaseLayout(release).items).to_pylist()}
     user = next(h["user_id"] for h in histories if h["item_id"])
 
     page = browser.new_page(viewport={"width": 1280, "height": 1000})

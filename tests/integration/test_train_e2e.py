@@ -202,7 +202,7 @@ def test_a_tiny_tune_runs_through_ray_tune_and_resumes(trained, tmp_path):
     # builder (what `serve deploy configs/serve.yaml` calls) turns it into the app.
     from ray.serve import Application
 
-    from rayrec.index.release import build_release
+    from rayrec.index.build import build_release
     from rayrec.serve.app import app_builder
 
     releases = [f"serve.release_dir={tmp_path / 'releases'}"]

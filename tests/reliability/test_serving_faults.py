@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from rayrec.config import with_values
-from rayrec.index.release import build_release
+from rayrec.index.build import build_release
 from rayrec.serve.launch import http_json, start_serving
 from tests.reliability.figures import ms, percentile, record
 from tests.serve_clients import CLIENT_TIMEOUT_S, ClosedLoop, known_users, post, running_replicas, wait_for

@@ -26,9 +26,9 @@ from rayrec.config import RayrecConfig
 from rayrec.features.batches import example_inputs, without_history
 from rayrec.features.items import ItemFeatureTable
 from rayrec.features.trend import ItemTrend
-from rayrec.index.release import ITEMS, SEARCH, release_root, resolve_release, verify_release
 from rayrec.index.text_search import ProductSearch, SearchHits, blend_personal, tier_candidates
 from rayrec.metrics import ranking_metrics
+from rayrec.release import Release, ReleaseManifest, load_release, release_root, resolve_release
 from rayrec.train.evaluate import write_report
 
 SPLITS = {"train": 0, "valid": 1, "test": 2}
@@ -57,12 +57,13 @@ class Personalizer:
     The ranker's trend input counts ``trend``'s interactions before each search (Serve reads the
     release's counts as of its build, which offline would be counts from the evaluated future)."""
 
-    def __init__(self, release: Path, meta: dict[str, Any], purchase_weight: float, trend: ItemTrend) -> None:
-        items = ItemFeatureTable.from_parquet(release / ITEMS, meta["n_items"], meta["title_tokens"])
-        fingerprint = meta["vocab_fingerprint"]
-        self.retrieval = load_two_tower_model(release / "two_tower", items, fingerprint)
-        self.ranker = load_ranker_model(release / "ranker", items, fingerprint) if meta.get("has_ranker") else None
-        self.use_user_id = bool(meta.get("use_user_id"))
+    def __init__(self, release: Release, purchase_weight: float, trend: ItemTrend) -> None:
+        meta, layout = release.manifest, release.layout
+        items = ItemFeatureTable.from_parquet(layout.items, meta.n_items, meta.title_tokens)
+        fingerprint = meta.vocab_fingerprint
+        self.retrieval = load_two_tower_model(layout.two_tower, items, fingerprint)
+        self.ranker = load_ranker_model(layout.ranker, items, fingerprint) if meta.has_ranker else None
+        self.use_user_id = meta.use_user_id
         self.purchase_weight = purchase_weight
         self.trend = trend
         with torch.no_grad():
@@ -126,24 +127,35 @@ def target_matrix(targets: np.ndarray, n_items: int) -> sp.csr_matrix:
                          shape=(n, n_items))
 
 
-def load_search_systems(cfg: RayrecConfig) -> tuple[dict[str, Any], ProductSearch, Personalizer | None]:
-    """The latest (or ``serve.version``) release's metadata, search engine and personalizer."""
-    release = resolve_release(release_root(cfg), cfg.serve.version)
-    meta = verify_release(release)
-    if meta.get("search") is None:
-        raise ArtifactError(f"{release}: built without search indexes; set search.enabled: true and run "
+def load_search_systems(cfg: RayrecConfig) -> tuple[ReleaseManifest, ProductSearch, Personalizer | None]:
+    """The latest (or ``serve.version``) release's manifest, search engine and personalizer."""
+    release = load_release(resolve_release(release_root(cfg), cfg.serve.version))
+    meta = release.manifest
+    if meta.search is None:
+        raise ArtifactError(f"{release.path}: built without search indexes; set search.enabled: true and run "
                             "`rayrec build-index`")
-    engine = ProductSearch.load(release / SEARCH, cfg.search, meta["n_items"], meta["vocab_fingerprint"])
+    engine = ProductSearch.load(release.layout.search, cfg.search, meta.n_items, meta.vocab_fingerprint)
     personal = None
-    if cfg.search.personalize and meta.get("has_ranker"):
-        personal = Personalizer(release, meta, cfg.ranker.purchase_weight,
+    if cfg.search.personalize and meta.has_ranker:
+        personal = Personalizer(release, cfg.ranker.purchase_weight,
                                 ItemTrend.from_parquet(Path(cfg.preprocess.out_dir) / "events"))
     return meta, engine, personal
 
 
+def _split_search_events(processed: Path, split: str) -> pa.Table:
+    if not (processed / "search").exists():
+        return pa.table({"split": pa.array([], pa.int8())})
+    return pads.dataset(processed / "search").to_table(filter=pads.field("split") == SPLITS[split])
+
+
+def has_search_events(processed: Path, split: str) -> bool:
+    """Whether preprocessing found search events followed by a click in the split (a log may have none)."""
+    return _split_search_events(processed, split).num_rows > 0
+
+
 def search_events(processed: Path, split: str) -> pa.Table:
     """The split's search events (query → item clicked next) from preprocessing; an error when none."""
-    table = pads.dataset(processed / "search").to_table(filter=pads.field("split") == SPLITS[split])
+    table = _split_search_events(processed, split)
     if table.num_rows == 0:
         raise ArtifactError(f"{processed / 'search'}: no {split} search events (the data has no search events "
                             "followed by a click in that split)")
@@ -153,11 +165,11 @@ def search_events(processed: Path, split: str) -> pa.Table:
 def run_search_evaluation(cfg: RayrecConfig, split: str = "test") -> tuple[pd.DataFrame, dict[str, Any]]:
     meta, engine, personal = load_search_systems(cfg)
     table = search_events(Path(cfg.preprocess.out_dir), split)
-    df = evaluate_search(engine, personal, table, meta["n_items"], int(meta["history_length"]))
+    df = evaluate_search(engine, personal, table, meta.n_items, meta.history_length)
     out = Path(cfg.evaluate.out_dir or Path(cfg.train.out_dir) / "report") / "search"
     c = cfg.search
     notes = (f"{cfg.name}: {table.num_rows:,} {split} search events (query → item clicked next in the session), "
-             f"release {meta['version']}; candidates: {c.lexical_candidates} lexical + {c.semantic_candidates} "
+             f"release {meta.version}; candidates: {c.lexical_candidates} lexical + {c.semantic_candidates} "
              f"semantic, fused by RRF (k={c.rrf_k:g}); personalization re-orders the hits within "
              f"{c.personal_min_relevance:g} of the best fused score, at most {c.personalize_depth} (ranker weight "
              f"{c.personal_weight:g}, k={c.personal_rrf_k:g}).")

@@ -69,13 +69,13 @@ def collect_candidates(cfg: RayrecConfig, split: str) -> tuple[list[QueryCandida
         queries = [str(q) for q in part.column("query").to_pylist()]
         lexical, semantic = engine.candidate_lists(queries, [None] * len(queries))
         union = [np.unique(np.concatenate([a, b])) for a, b in zip(lexical, semantic)]
-        batch = personal.inputs(part, int(meta["history_length"]))
+        batch = personal.inputs(part, meta.history_length)
         scores = personal.candidate_scores(batch, _padded(union, max((len(u) for u in union), default=1) or 1))
         has_history = ~without_history(batch["hist_items"])
         for i, target in enumerate(part.column("item_idx").to_pylist()):
             ranker = dict(zip(union[i].tolist(), scores[i, : len(union[i])].tolist()))
             out.append(QueryCandidates(lexical[i], semantic[i], ranker, bool(has_history[i]), int(target)))
-    return out, int(meta["n_items"])
+    return out, meta.n_items
 
 
 def tune_search_blend(cfg: RayrecConfig, split: str = "valid") -> tuple[pd.DataFrame, RayrecConfig, dict[str, Any]]:

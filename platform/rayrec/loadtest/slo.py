@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Generic, Literal, TypeVar
+
+from rayrec.release import ReleaseManifest
 
 OK = "ok"
 DEGRADED = "degraded"
@@ -37,10 +39,9 @@ class AnswerExpectation:
     cold_start_trending: bool  # cold starts keep the trending order (not reranked, by design)
 
     @classmethod
-    def for_release(cls, release: Mapping[str, Any], ranker_in_use: bool) -> AnswerExpectation:
-        """From a release's ``release.json`` and whether serving ranks with it."""
-        trend = release.get("trend") or {}
-        return cls(ranked=ranker_in_use, cold_start_trending=trend.get("cold_start") == "trending")
+    def for_release(cls, manifest: ReleaseManifest, ranker_in_use: bool) -> AnswerExpectation:
+        """From a release's manifest and whether serving ranks with it."""
+        return cls(ranked=ranker_in_use, cold_start_trending=manifest.cold_start_trending)
 
 
 def classify_answer(status: int, body: bytes | str, expect: AnswerExpectation) -> str:

@@ -19,7 +19,7 @@ from ray import serve
 from ray.serve import Application
 
 from rayrec.config import DeploymentConfig, RayrecConfig, ServeConfig, load_config
-from rayrec.index.release import release_root, resolve_release, verify_release
+from rayrec.release import load_release, release_root, resolve_release
 from rayrec.runtime import worker_env
 from rayrec.serve.api import Retrieval
 from rayrec.serve.ranking import Ranking
@@ -82,10 +82,10 @@ def serving_config(cfg: RayrecConfig, base_dir: Path | None = None) -> dict[str,
 def build_app(cfg: RayrecConfig, version: str | None = None, base_dir: Path | None = None) -> Application:
     serve_cfg = serving_config(cfg, base_dir)
     release = resolve_release(Path(serve_cfg["release_dir"]), version or cfg.serve.version).resolve()
-    verify_release(release)  # a corrupt release is refused here, before the running app is touched
+    manifest = load_release(release).manifest  # a corrupt release is refused here, before the running app is touched
     s = cfg.serve
     ranking = None
-    if s.use_ranker and (release / "ranker").is_dir():
+    if s.use_ranker and manifest.has_ranker:
         ranking = (serve.deployment(Ranking, name="Ranking").options(**deployment_options(s.ranking, s))
                    .bind(str(release), serve_cfg, cfg.ranker.purchase_weight))
     retrieval = serve.deployment(Retrieval, name="Retrieval").options(**deployment_options(s.retrieval, s))

@@ -25,8 +25,8 @@ from ray import serve
 
 from rayrec.artifacts import ArtifactError, load_ranker_model
 from rayrec.features.items import ItemFeatureTable
-from rayrec.index.release import ITEMS, TREND, resolve_release, verify_release
 from rayrec.models.ranker import inference_graph
+from rayrec.release import load_release, resolve_release
 from rayrec.serve.retrieval import ReleaseMismatch, replica_device
 
 PAYLOAD_ARRAYS = ("user_vec", "hist_items", "hist_gaps_s", "cand", "retrieval_score")
@@ -37,19 +37,19 @@ log = logging.getLogger(__name__)
 class RankingCore:
     def __init__(self, release_dir: Path, purchase_weight: float, device: str = "cpu",
                  torchscript: bool = True, trend_boost: float | None = None) -> None:
-        release_dir = Path(release_dir)
-        release = verify_release(release_dir)
-        if not release.get("has_ranker"):
-            raise FileNotFoundError(f"{release_dir}: this release has no ranker; set serve.use_ranker=false")
-        self.version: str = release["version"]
-        self.compression = release.get("ranker_compression")
-        items = ItemFeatureTable.from_parquet(release_dir / ITEMS, release["n_items"], release["title_tokens"])
+        release = load_release(Path(release_dir))
+        manifest, layout = release.manifest, release.layout
+        if not manifest.has_ranker:
+            raise FileNotFoundError(f"{layout.path}: this release has no ranker; set serve.use_ranker=false")
+        self.version: str = manifest.version
+        self.compression = manifest.ranker_compression
+        items = ItemFeatureTable.from_parquet(layout.items, manifest.n_items, manifest.title_tokens)
         self.device = torch.device(device)
-        self.model = load_ranker_model(release_dir / "ranker", items, release["vocab_fingerprint"]).to(self.device)
+        self.model = load_ranker_model(layout.ranker, items, manifest.vocab_fingerprint).to(self.device)
         if trend_boost is not None:
             self.model.spec = replace(self.model.spec, trend_boost=trend_boost)
         # As of the release's build: events posted since then do not move the counts until the next release.
-        self.trend = torch.as_tensor(np.load(release_dir / TREND), device=self.device)
+        self.trend = torch.as_tensor(np.load(layout.trend), device=self.device)
         self.scorer = inference_graph(self.model) if torchscript else self.model.eval()
         self.purchase_weight = purchase_weight
 

@@ -4,7 +4,7 @@ ranking stage once per batch.
 ``RetrievalCore`` is plain Python over one release (testable without Serve); ``RetrievalStage``
 batches requests with ``@serve.batch`` inside the HTTP ingress replica (``api.Retrieval``), so a
 request crosses no Serve hop of its own: the feature store and the ranker are called once per batch
-(hops are the CPU budget on small machines; see the README's serving notes).
+(hops are the CPU budget on small machines; see docs/decisions/0013).
 Everything in a response comes from this replica's release, so a response never mixes versions;
 the payload names its version and is ranked by that release's ranker (see ranking.py).
 """
@@ -30,7 +30,7 @@ from rayrec.features.batches import dense_history_inputs, without_history
 from rayrec.features.trend import append_trending, trending_first, trending_order
 from rayrec.features.vocab import UNK_ID, Vocabulary
 from rayrec.index.ann import ItemIndex
-from rayrec.index.release import EMBEDDINGS, HISTORIES, ITEMS, TREND, verify_release
+from rayrec.release import ReleaseLayout, load_release
 from rayrec.serve.catalog import PURCHASE_STAGE, ItemFilter, ServingCatalog
 from rayrec.serve.feature_store import UserHistory
 
@@ -67,22 +67,21 @@ class CandidateBatch:
 
 class RetrievalCore:
     def __init__(self, release_dir: Path, device: str = "cpu") -> None:
-        release_dir = Path(release_dir)
-        self.release = verify_release(release_dir)
-        self.version: str = self.release["version"]
-        fingerprint = self.release["vocab_fingerprint"]
-        self.catalog = ServingCatalog(release_dir / ITEMS, self.release["n_items"], self.release["title_tokens"])
+        self.release = load_release(Path(release_dir))
+        manifest, layout = self.release.manifest, self.release.layout
+        self.version: str = manifest.version
+        fingerprint = manifest.vocab_fingerprint
+        self.catalog = ServingCatalog(layout.items, manifest.n_items, manifest.title_tokens)
         self.device = torch.device(device)
-        self.model = load_two_tower_model(release_dir / "two_tower", self.catalog.features, fingerprint).to(self.device)
+        self.model = load_two_tower_model(layout.two_tower, self.catalog.features, fingerprint).to(self.device)
         self.history_length = int(self.model.spec.history_length)
-        self.users = Vocabulary.load(release_dir, "users") if self.release.get("use_user_id") else None
-        self.embeddings = np.load(release_dir / EMBEDDINGS).astype(np.float32)
-        self.index = ItemIndex.load(release_dir / "index", dim=int(self.release["dim"]),
-                                    n_items=int(self.release["n_items"]), vocab_fingerprint=fingerprint)
-        self.trend_counts = np.load(release_dir / TREND)
+        self.users = Vocabulary.load(layout.path, "users") if manifest.use_user_id else None
+        self.embeddings = np.load(layout.embeddings).astype(np.float32)
+        self.index = ItemIndex.load(layout.index, dim=manifest.dim, n_items=manifest.n_items,
+                                    vocab_fingerprint=fingerprint)
+        self.trend_counts = np.load(layout.trend)
         self.trending = trending_order(self.trend_counts, self.catalog.recommendable)
-        # Releases built before the cold-start policy existed answer users without history with the model.
-        self.cold_start_trending = self.release.get("trend", {}).get("cold_start") == "trending"
+        self.cold_start_trending = manifest.cold_start_trending
 
     def history_arrays(self, histories: Sequence[UserHistory], now_ms: int) -> dict[str, np.ndarray]:
         """Model inputs from stored histories: items this release does not know are left out, the
@@ -241,7 +240,7 @@ class RetrievalStage:
         self.cfg = cfg
         self.core = RetrievalCore(Path(release_dir), replica_device(cfg.retrieval.num_gpus))
         self.store = ActorFeatureStore.connect(cfg.feature_store, Path(cfg.feature_store.dir),
-                                               Path(release_dir) / HISTORIES, store_name=cfg.app_name)
+                                               ReleaseLayout(Path(release_dir)).histories, store_name=cfg.app_name)
         self.ranking = ranking
         self.metrics = StageMetrics()
         self._batch.set_max_batch_size(cfg.retrieval.batch_max_size)

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from ray import serve
 
 from rayrec.config import SearchConfig
-from rayrec.index.release import SEARCH
 from rayrec.index.text_search import ProductSearch, SearchHits, blend_personal, tier_candidates
 from rayrec.serve.catalog import ItemFilter
 from rayrec.serve.retrieval import RetrievalStage
@@ -38,8 +36,8 @@ class SearchStage:
     def __init__(self, retrieval: RetrievalStage, release_dir: str, cfg: SearchConfig) -> None:
         core = retrieval.core
         self.retrieval, self.cfg = retrieval, cfg
-        self.engine = ProductSearch.load(Path(release_dir) / SEARCH, cfg, core.catalog.n_items,
-                                         core.release["vocab_fingerprint"], device=str(core.device))
+        self.engine = ProductSearch.load(core.release.layout.search, cfg, core.catalog.n_items,
+                                         core.release.manifest.vocab_fingerprint, device=str(core.device))
         batching = retrieval.cfg.retrieval
         self._batch.set_max_batch_size(batching.batch_max_size)
         self._batch.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)

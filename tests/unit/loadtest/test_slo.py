@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any
 
 import pytest
 
@@ -18,8 +19,10 @@ from rayrec.loadtest.slo import (
     classify_answer,
     search_max_rate,
 )
+from rayrec.release import ReleaseManifest
 
 RANKED_TRENDING = AnswerExpectation(ranked=True, cold_start_trending=True)
+RANKED_MODEL = AnswerExpectation(ranked=True, cold_start_trending=False)
 
 
 def body(reranked: bool, cold_start: bool = False) -> bytes:
@@ -49,10 +52,17 @@ def test_non_answers_are_errors(status: int, answer: bytes, outcome: str) -> Non
     assert classify_answer(status, answer, RANKED_TRENDING) == outcome
 
 
+def _manifest(**fields: Any) -> ReleaseManifest:
+    return ReleaseManifest(version="v1", created_at="2026-01-01T00:00:00Z", config_name="t", vocab_fingerprint="f",
+                           n_items=3, dim=4, title_tokens=2, history_length=5, files={}, **fields)
+
+
 def test_expectation_reads_the_release_policy() -> None:
-    assert AnswerExpectation.for_release({"trend": {"cold_start": "trending"}}, True) == RANKED_TRENDING
-    assert AnswerExpectation.for_release({"version": "v0"}, True).cold_start_trending is False
-    assert AnswerExpectation.for_release({"trend": None}, False).ranked is False
+    trending = {"window_days": 7.0, "as_of_ms": 1, "cold_start": "trending"}
+    assert AnswerExpectation.for_release(_manifest(trend=trending), True) == RANKED_TRENDING
+    assert AnswerExpectation.for_release(_manifest(), True).cold_start_trending is False  # built before the policy
+    assert AnswerExpectation.for_release(_manifest(trend={**trending, "cold_start": "model"}), True) == RANKED_MODEL
+    assert AnswerExpectation.for_release(_manifest(), False).ranked is False
 
 
 @pytest.mark.parametrize(("p99", "requests", "errors", "degraded", "passes"), [

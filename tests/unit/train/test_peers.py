@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import scipy.sparse as sp
 
 from rayrec.train.baselines import EASE, ItemKNN, MostPopular, RecentlyPopular
 from rayrec.train.cold_start import choose_cold_start
