@@ -22,7 +22,7 @@ from rayrec.runtime import set_threads
 from rayrec.train.baselines import BASELINES
 from rayrec.train.evaluate import EvalSplit, NotRunnable, Recommender
 from rayrec.train.systems import subset_users
-from rayrec.tune.runner import search_space
+from rayrec.tune.runner import search_space, tpe_search
 
 OBJECTIVE = "valid_ndcg@20"
 # Settings every trial of a baseline gets: one thread each, since trials run side by side.
@@ -77,12 +77,11 @@ def tune_baseline(name: str, space: dict[str, SearchDimension], split: EvalSplit
     """Searches ``space`` for baseline ``name`` in ``trials`` Ray Tune trials; returns the best."""
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
 
     storage = storage or Path(tempfile.mkdtemp(prefix="rayrec-baselines-"))
     trainable = tune.with_resources(tune.with_parameters(_trial, name=name, split=split, exclude_seen=exclude_seen),
                                     {"CPU": 1})
-    search = ConcurrencyLimiter(OptunaSearch(seed=seed), max_concurrent=max_concurrent)
+    search = ConcurrencyLimiter(tpe_search(trials, seed), max_concurrent=max_concurrent)
     grid = tune.Tuner(trainable, param_space=search_space(space),
                       tune_config=tune.TuneConfig(search_alg=search, num_samples=trials, metric=OBJECTIVE, mode="max"),
                       run_config=tune.RunConfig(name=name, storage_path=str(storage.resolve()), verbose=0)).fit()

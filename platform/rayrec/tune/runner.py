@@ -52,6 +52,18 @@ def search_space(space: dict[str, SearchDimension]) -> dict[str, Any]:
     return out
 
 
+def tpe_search(trials: int, seed: int, **objective: Any) -> Any:
+    """Optuna's TPE for a search of ``trials`` trials: the first half are random start-up draws, the
+    rest are proposed from what scored well. Optuna's default start-up is 10 random draws, so a search of
+    10 trials or fewer would be pure random search, the same draws on every dataset for a fixed seed."""
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    startup = max(2, trials // 2)
+    sampler = optuna.samplers.TPESampler(n_startup_trials=startup, seed=seed, multivariate=True)
+    return OptunaSearch(sampler=sampler, **objective)
+
+
 def _shared_retrieval(cfg: RayrecConfig) -> Path | None:
     """One retrieval model for every trial, unless the space samples retrieval settings."""
     if any(key.startswith("model.") for key in cfg.tune.space):
@@ -66,7 +78,6 @@ def _tuner(cfg: RayrecConfig, out: Path, retrieval: Path | None, resume: bool) -
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
 
     t = cfg.tune
     # Ray Tune runs each trial with its own folder as the working directory: relative paths would
@@ -84,7 +95,7 @@ def _tuner(cfg: RayrecConfig, out: Path, retrieval: Path | None, resume: bool) -
     if resume and tune.Tuner.can_restore(str(path)):
         return tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
     shutil.rmtree(path, ignore_errors=True)
-    search = ConcurrencyLimiter(OptunaSearch(metric=[QUALITY, LATENCY], mode=["max", "min"], seed=t.seed),
+    search = ConcurrencyLimiter(tpe_search(t.num_samples, t.seed, metric=[QUALITY, LATENCY], mode=["max", "min"]),
                                 max_concurrent=t.max_concurrent)
     # max_t counts reports: one per ranker epoch, then one for the compressed model.
     asha = ASHAScheduler(metric=QUALITY, mode="max", max_t=t.epochs + 1, grace_period=min(t.grace_period, t.epochs))
