@@ -145,7 +145,7 @@ class RankerConfig(Section):
     deep_layers: list[int] = Field(default_factory=lambda: [128, 64], description="Widths of the deep tower.")
     title_affinity: bool = Field(True, description="Two more inputs: the share of a candidate's title (words "
                                  "weighted by rarity in the catalog) found in the titles of the user's recent items, "
-                                 "anywhere and per item on average (models.ranker; README, Training).")
+                                 "anywhere and per item on average (models.ranker; docs/decisions/0005).")
     category_price: bool = Field(True, description="One more input: the candidate's price over its leaf "
                                  "category's mean (log scale) against the user's usual level so measured, i.e. "
                                  "dear or cheap for its category compared with what the user picks; the plain "
@@ -171,7 +171,7 @@ class RankerConfig(Section):
     trending_negatives: int = Field(2, ge=0, description="Negatives per positive drawn from the items trending on "
                                     "the example's day (the trend window's trending_negative_pool most-counted "
                                     "items as of that day's start): the items served beside retrieval's candidates, "
-                                    "so the ranker learns to order them (README: Training).")
+                                    "so the ranker learns to order them (docs/decisions/0003).")
     trending_negative_pool: int = Field(50, ge=1, description="How many of each day's most-counted items trending "
                                         "negatives come from (as many as a request gets as trending candidates).")
     serving_pool_only: bool = Field(False, description="Train on what a request ranks: only positives that "
@@ -179,7 +179,7 @@ class RankerConfig(Section):
                                     "trending_negative_pool items) carry loss, with their hard and trending "
                                     "negatives; random-negative rows carry none (so set preprocess.random_negatives: "
                                     "0). Otherwise the ranker learns to tell the pool from the rest of the catalog, "
-                                    "which serving never asks (Online Retail: README, Training).")
+                                    "which serving never asks (docs/decisions/0004).")
     purchase_weight: float = Field(0.5, ge=0, description="Weight of P(purchase) added to P(click) in the score.")
     trend_boost: float | None = Field(None, ge=0, description="Weight of the candidate's trend count (log scale, "
                                       "as the ranker reads it) added to the score, for every ranked request. null: "
@@ -379,8 +379,7 @@ class SearchConfig(Section):
     personal_weight: float = Field(2.0, ge=0, description="Weight of the ranker's order against the fused order "
                                    "(both as reciprocal ranks): 0 keeps the text order, large trusts the user.")
     personal_rrf_k: float = Field(5.0, gt=0, description="Reciprocal-rank constant of that blend: small makes the "
-                                  "first few places of either order count most. Defaults chosen on the demo's and Online Retail's "
-                                  "validation splits (benchmarks/search.py).")
+                                  "first few places of either order count most (docs/decisions/0014).")
     max_query_chars: int = Field(200, ge=1, description="Longest query accepted (422 past it).")
     embed_batch_size: int = Field(256, ge=1, description="Item texts embedded per batch when building a release.")
 
@@ -419,7 +418,7 @@ class DeploymentConfig(Section):
 
 class RetrievalDeploymentConfig(DeploymentConfig):
     # Each retrieval batch pays one feature-store call and one ranking hop (~10 ms of CPU on 2 cores),
-    # so fuller batches are what keep up under load; 25 ms measured best at p99 < 100 ms.
+    # so fuller batches are what keep up under load (docs/decisions/0013).
     batch_wait_timeout_s: float = Field(0.025, ge=0, description="@serve.batch: longest wait to fill a batch.")
 
 
@@ -503,8 +502,8 @@ class RayConfig(Section):
                                  "logical GPUs on a CPU machine tests fractional-GPU placement for real.")
     env: dict[str, str] = Field(default_factory=dict, description="Environment of a local Ray's processes "
                                 "(Serve's proxy and controller read theirs at start), e.g. RAY_SERVE_ENABLE_HA_PROXY: "
-                                "'1' for HTTP through HAProxy with direct ingress (several times the Python proxy's "
-                                "requests/s; replicas' HTTP ports then listen on all interfaces). A cluster sets "
+                                "'1' for HTTP through HAProxy with direct ingress in place of Serve's Python "
+                                "proxy (replicas' HTTP ports then listen on all interfaces). A cluster sets "
                                 "these on its nodes (cluster.yaml); joining one, they are only checked.")
 
 
