@@ -7,7 +7,8 @@ recently-popular, item-kNN, EASE, SASRec and the peer, `implicit` ALS and BPR), 
 policy on validation for all systems, then score everything once by full ranking on the test split.
 Prints one table per dataset with all / warm (history before the cutoff) / cold users apart, the
 ratio of the two-stage system (``HEADLINE``) to the best baseline on Recall@20 / NDCG@20 over warm
-users (the headline) and over all users, and writes benchmarks/results/quality.json with each
+users (the headline) and over all users, every system's validation NDCG@20 (where settings are
+chosen, so where a peer that wins tells rayrec what to adopt), and writes benchmarks/results/quality.json with each
 baseline's chosen settings and trial count (``--out``).
 ``--seeds`` trains rayrec's models once per training seed and quotes the ratio of their mean (one
 draw of the demo's models moves its NDCG@20 by several percent). ``--refit`` adds rayrec's models
@@ -15,6 +16,7 @@ refit on train + valid (the baselines are fitted on everything before the test c
 models on the train split, where their settings are chosen).
 
     python benchmarks/quality.py [--datasets demo,movielens-100k,online-retail] [--seeds 0,1,2] [--quick] [--refit]
+    python benchmarks/quality.py --validation-only --out FILE   # adds the validation scores to a finished run
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from rayrec.data.synthetic import generate
 from rayrec.metrics import paired_ratio_interval
 from rayrec.runtime import init_ray
 from rayrec.train.loop import ModelContext
-from rayrec.train.cold_start import choose_cold_start
+from rayrec.train.cold_start import ColdStartChoice, choose_cold_start
 from rayrec.train.offline import eval_split, run_evaluation
 from rayrec.train.systems import BOOST_GRIDS
 from rayrec.train.trainer import load_context, run_training
@@ -95,6 +97,33 @@ def choose_on_validation(cfg: RayrecConfig, ctx: ModelContext, work: Path) -> tu
     return tuned_systems(tunings), {n: t.to_dict() for n, t in tunings.items()}, cold
 
 
+def validation_scores(cfg: RayrecConfig, ctx: ModelContext, cold: ColdStartChoice,
+                      tunings: dict[str, dict]) -> dict[str, float]:
+    """NDCG@20 over the validation users with history, the figure every setting is chosen on: rayrec's
+    models (trained on the train period, boosts chosen on this split) beside each baseline's best trial
+    (fitted on the same period, chosen on the same users). Both are the best of their own search on
+    these users, so neither is favoured; a peer ahead here is what rayrec should learn from."""
+    out = str(Path(cfg.train.out_dir).parent / "report_valid")
+    valid_cfg = cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update={"out_dir": out})})
+    table, _ = run_evaluation(valid_cfg, ctx, split="valid", baselines=[], cold_start=cold)
+    ours = {r["system"]: float(r[_column("ndcg@20", "warm")]) for r in table.to_dict(orient="records")}
+    return {**{_system_name(t): float(t["valid_ndcg"]) for t in tunings.values()}, **ours}
+
+
+def add_validation(out: Path, overrides: list[str]) -> None:
+    """``--validation-only``: the validation scores of a finished run's datasets, from its run folders
+    (rayrec's trained models) and its JSON (each baseline's best trial and the cold-user policy)."""
+    record = json.loads(out.read_text())
+    for result in record["results"]:
+        cfg = dataset_config(result["dataset"], overrides)
+        cold = ColdStartChoice(result["cold_start"]["window_days"], result["cold_start"]["valid_ndcg@20"])
+        result["validation"] = validation_scores(cfg, load_context(cfg), cold, result["baselines"])
+        print_validation(result)
+    record["validation_added"] = run_record()
+    out.write_text(json.dumps(record, indent=2, default=_json_value))
+    console.print(f"wrote {out}")
+
+
 def run_dataset(name: str, quick: bool, refit: bool, seeds: list[int], extra: list[str]) -> dict:
     """Preprocess once, then per training seed train both models and score them on the test split; the
     baselines (no training seed) are tuned on validation and scored with the first seed's run only."""
@@ -111,6 +140,8 @@ def run_dataset(name: str, quick: bool, refit: bool, seeds: list[int], extra: li
         seed_cfg = dataset_config(name, [*epochs, f"train.seed={seed}", *_seed_dirs(work, seed),
                                          *([] if i == 0 else ["evaluate.baselines=[]"])])
         ctx, ranker = _train_both(seed_cfg)
+        if i == 0:
+            validation = validation_scores(seed_cfg, ctx, cold, tunings)
         table, info = run_evaluation(seed_cfg, ctx, baselines=baselines if i == 0 else [], cold_start=cold)
         table["seed"] = [seed if _is_ours(system) else None for system in table["system"]]
         tables.append(table)
@@ -138,7 +169,8 @@ def run_dataset(name: str, quick: bool, refit: bool, seeds: list[int], extra: li
         table = pd.concat([table, refit_table], ignore_index=True)
     return {"dataset": name, "seconds": time.perf_counter() - t0, "users": info["users"],
             "cold_users": info["cold_users"], "notes": info["notes"], "seeds": seeds, "boosts": boosts,
-            "baselines": tunings, "cold_start": info["cold_start"], "ratio_interval_90": intervals,
+            "baselines": tunings, "validation": validation, "cold_start": info["cold_start"],
+            "ratio_interval_90": intervals,
             "rows": table.to_dict(orient="records")}
 
 
@@ -188,6 +220,8 @@ def print_dataset(result: dict) -> dict:
         chosen.add_row(_system_name(t), str(t["trials"]), f"{t['valid_ndcg']:.4f}",
                        f"not run: {t['not_run']}" if t["not_run"] else _short(t["params"]))
     console.print(chosen)
+    if "validation" in result:
+        print_validation(result)
     summary = {}
     for segment in ("warm", "all"):
         for metric in METRICS:
@@ -207,6 +241,18 @@ def print_dataset(result: dict) -> dict:
                           f"vs best baseline {base_name} {base:.4f} → {summary[f'{metric} {segment}']['ratio']:.2f}× "
                           f"(90% interval over test users {lo:.2f}–{hi:.2f}{spread})")
     return summary
+
+
+def print_validation(result: dict) -> None:
+    scores = result["validation"]
+    table = Table(title=f"{result['dataset']}: validation NDCG@20, users with history (where settings are chosen)")
+    table.add_column("system")
+    table.add_column("valid ndcg@20", justify="right")
+    for system, value in sorted(scores.items(), key=lambda kv: -np.nan_to_num(kv[1], nan=-1.0)):
+        table.add_row(system, f"{value:.4f}")
+    console.print(table)
+    ahead = [s for s, v in scores.items() if not _is_ours(s) and v > scores.get(HEADLINE, float("inf"))]
+    console.print(f"  peers ahead of {HEADLINE} on validation: {', '.join(ahead) or 'none'}")
 
 
 def _system_name(tuning: dict) -> str:
@@ -231,8 +277,13 @@ def main() -> None:
                         help="config override for every dataset, e.g. evaluate.baseline_trials=32")
     parser.add_argument("--out", type=Path, default=RESULTS / "quality.json", help="results JSON (the run of record "
                         "is committed as benchmarks/results/quality.json)")
+    parser.add_argument("--validation-only", action="store_true", help="add the validation scores to the finished "
+                        "run in --out (its run folders must still be there), training and scoring nothing else")
     args = parser.parse_args()
     init_ray()
+    if args.validation_only:
+        add_validation(args.out, args.overrides)
+        return
     results = []
     for name in args.datasets.split(","):
         console.rule(name)
