@@ -15,7 +15,7 @@ import signal
 import tempfile
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -91,13 +91,17 @@ def build_two_tower(ctx: ModelContext, spec: TwoTowerSpec | None = None) -> TwoT
 
 
 def ranker_spec(ctx: ModelContext) -> RankerSpec:
+    """The ranker's shape from the data's vocabularies and ``cfg.ranker``: every spec field named like a
+    config field is taken from it, so a new ranker setting is written in the config and the spec only.
+    A boost still to be fitted (null) starts at 0."""
     v, r = ctx.manifest["vocab_sizes"], ctx.cfg.ranker
+    shared = {f.name for f in fields(RankerSpec)} & set(type(r).model_fields)
+    settings = {name: getattr(r, name) for name in shared}
+    settings.update(deep_layers=list(r.deep_layers), trend_boost=r.trend_boost or 0.0,
+                    collaborative_boost=r.collaborative_boost or 0.0)
     return RankerSpec(n_items=v["items"], n_categories=v["categories"], n_brands=v["brands"],
                       n_price_buckets=len(ctx.manifest["price_bucket_edges"]) + 2, user_dim=ctx.cfg.model.dim,
-                      dim=r.dim, cross_layers=r.cross_layers, cross_rank=r.cross_rank, deep_layers=list(r.deep_layers),
-                      trend_window_days=r.trend_window_days, trend_boost=r.trend_boost or 0.0,
-                      title_affinity=r.title_affinity, category_price=r.category_price,
-                      collaborative_factors=r.collaborative_factors, collaborative_boost=r.collaborative_boost or 0.0)
+                      **settings)
 
 
 def _item_prob(items: ItemFeatureTable) -> torch.Tensor:

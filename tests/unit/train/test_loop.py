@@ -61,3 +61,25 @@ def test_serving_pool_keeps_positives_a_request_would_rank_and_no_negative_rows(
     # nor trending; row 3: trending that day; row 4: a negative row, whatever its item
     assert kept.tolist() == [1.0, 0.0, 0.0, 1.0, 0.0]
     assert _in_serving_pool(batch, top2, None).tolist() == [1.0, 0.0, 0.0, 0.0, 0.0]
+
+
+def test_the_ranker_spec_carries_every_ranker_setting_it_shares_with_the_config():
+    from dataclasses import fields
+
+    from rayrec.config import load_config
+    from rayrec.models.ranker import RankerSpec
+    from rayrec.train.loop import ModelContext, ranker_spec
+
+    cfg = load_config(None, ["ranker.dim=8", "ranker.cross_layers=3", "ranker.cross_rank=7",
+                             "ranker.deep_layers=[32]", "ranker.trend_window_days=3.5", "ranker.title_affinity=false",
+                             "ranker.category_price=false", "ranker.collaborative_factors=16",
+                             "ranker.trend_boost=1.5", "model.dim=24"])
+    manifest = {"vocab_sizes": {"items": 10, "categories": 4, "brands": 3}, "price_bucket_edges": [1.0, 2.0]}
+    spec = ranker_spec(ModelContext(cfg=cfg, manifest=manifest, items=None, valid=None))  # type: ignore[arg-type]
+    shared = {f.name for f in fields(RankerSpec)} & set(type(cfg.ranker).model_fields)
+    assert shared >= {"dim", "cross_layers", "cross_rank", "deep_layers", "trend_window_days", "trend_boost",
+                      "title_affinity", "category_price", "collaborative_factors", "collaborative_boost"}
+    assert {n: getattr(spec, n) for n in shared - {"collaborative_boost"}} == \
+        {n: getattr(cfg.ranker, n) for n in shared - {"collaborative_boost"}}
+    assert spec.collaborative_boost == 0.0  # null in the config: fitted after training, starts at 0
+    assert (spec.n_items, spec.n_price_buckets, spec.user_dim) == (10, 4, 24)
