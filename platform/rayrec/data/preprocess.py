@@ -313,62 +313,36 @@ def verify_outputs(out: Path, cfg: RayrecConfig, manifest: dict[str, Any]) -> No
                               + "; ".join(problems))
 
 
+@dataclass
+class _Quarantined:
+    """What the validation, duplicate and k-core stages set aside, for the manifest's counts."""
+
+    rows_read: int = 0
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    duplicates: int = 0
+    filtered_by_reason: dict[str, int] = field(default_factory=dict)
+    kcore_rounds: list[dict[str, Any]] = field(default_factory=list)
+
+
 def run_preprocess(cfg: RayrecConfig, on_stage: StageCallback = lambda _: None) -> dict[str, Any]:
     """Runs the whole stage; returns the manifest (also written to ``<out_dir>/manifest.json``)."""
-    import ray
-
     started = time.time()
     out = Path(cfg.preprocess.out_dir)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    p = cfg.preprocess
 
     on_stage("checking input files")
     files = check_files(cfg)
     on_stage("reading and validating the catalog")
     catalog, catalog_counts = load_catalog(cfg, out)
-    validator = event_validator(cfg, catalog)
-
-    on_stage(f"reading and validating {len(files.read)} event file(s)")
-    validated = (
-        ray.data.from_items([{"path": f} for f in files.read], override_num_blocks=len(files.read))
-        .map_batches(_read_event_files, batch_size=1, fn_kwargs={"source": cfg.source})
-        .map_batches(validator, batch_format="pyarrow")
-        .materialize()
-    )
-    rows_read = validated.count()
-    rejects = validated.map_batches(_rejected, batch_format="pandas")
-    rejects.write_parquet(str(out / "rejects"))
-    rejected_by_reason = _grouped_counts(rejects, REASON_CODE)
-
-    on_stage("removing exact duplicates")
-    marked = (
-        validated.map_batches(_valid_with_bucket, batch_format="pandas", fn_kwargs={"buckets": p.user_buckets})
-        .groupby(USER_BUCKET).map_groups(mark_duplicates, batch_format="pandas")
-        .materialize()
-    )
-    duplicates = marked.map_batches(_rows_where, batch_format="pandas", fn_kwargs={"column": "is_duplicate", "value": True})
-    duplicates.write_parquet(str(out / "duplicates"))
-    n_duplicates = duplicates.count()
-    unique = marked.map_batches(_rows_where, batch_format="pandas", fn_kwargs={"column": "is_duplicate", "value": False}).materialize()
-    del validated, rejects, marked, duplicates  # free the object store: one copy of the log at a time
-
+    quarantined = _Quarantined()
+    unique = _unique_valid_events(cfg, files.read, event_validator(cfg, catalog), out, quarantined, on_stage)
     on_stage("k-core filtering on the training period")
     # The cutoffs come first: k-core decides on the training period alone (kcore's docstring).
     cutoffs = _time_cutoffs(unique, cfg)
-    tagged, kcore_stats = _kcore(unique, cutoffs[0], cfg, on_stage)
-    del unique
-    filtered = tagged.map_batches(_filtered_rows, batch_format="pandas").materialize()
-    filtered.write_parquet(str(out / "filtered"))
-    filtered_by_reason = _grouped_counts(filtered, REASON_CODE)
-    kcore_rounds = round_stats(kcore_stats, {int(k): v for k, v in _grouped_counts(filtered, KCORE_ROUND).items()})
-    kept = tagged.map_batches(_kept_rows, batch_format="pandas").materialize()
-    del tagged, filtered
-    n_kept = kept.count()
-    if n_kept == 0:
-        raise PreprocessError("no events left after k-core filtering; lower preprocess.min_user_events "
-                              "or preprocess.min_item_events")
+    kept = _kcore_kept(unique, cutoffs, cfg, out, quarantined, on_stage)
+    del unique  # free the object store: one copy of the log at a time
     # Recounted on the kept rows of every period: the vocabularies and the derived catalog hold
     # the new users and items of the later periods too.
     counts = sum_counts(kept.map_batches(count_keys, batch_format="pandas").to_pandas())
@@ -377,7 +351,7 @@ def run_preprocess(cfg: RayrecConfig, on_stage: StageCallback = lambda _: None) 
     if catalog is None:
         catalog = derived_catalog(counts)
     tokens = kept.map_batches(search_tokens, batch_format="pandas").unique("token")
-    base = Path(p.base_vocab_dir) if p.base_vocab_dir else None
+    base = Path(cfg.preprocess.base_vocab_dir) if cfg.preprocess.base_vocab_dir else None
     vocabs = build_vocabs(catalog, counts, tokens, base)
     for v in vocabs.values():
         v.save(out / "vocab")
@@ -385,35 +359,35 @@ def run_preprocess(cfg: RayrecConfig, on_stage: StageCallback = lambda _: None) 
                      fn_kwargs={"cutoffs_ms": cutoffs}).write_parquet(str(out / "search_events"))
 
     on_stage("building sequences, ranking and search examples")
-    spec = example_spec(vocabs, cutoffs, cfg)
-    # Sorted because the buckets leave the groupby's shuffle in the order it finishes them, which
-    # nothing fixes; the ranker reads its examples in file order, so the order is part of the data.
-    examples = (kept.groupby(USER_BUCKET)
-                .map_groups(_bucket_examples, batch_format="pandas", fn_kwargs={"spec": spec})
-                .sort([USER_BUCKET, BUCKET_ROW])
-                .materialize())
+    examples = _write_examples(kept, example_spec(vocabs, cutoffs, cfg), out)
+    n_kept = kept.count()
     del kept
     split_counts = examples.groupby(["kind", "split"]).count().to_pandas()
-    for kind, columns in OUTPUTS.items():
-        write_ordered_parquet(examples.map_batches(_drop_kind_columns, batch_format="pandas",
-                                                   fn_kwargs={"kind": kind, "keep": columns}),
-                              out / OUTPUT_DIRS[kind])
-    time_ranges = _split_time_ranges(examples)
 
     on_stage("writing the item table and manifest")
-    popularity = _train_popularity(examples)
-    items, price_edges = item_table(catalog, vocabs, cfg, popularity)
+    items, price_edges = item_table(catalog, vocabs, cfg, _train_popularity(examples))
     pq.write_table(items, out / "items.parquet")
+    n_users = int(counts.loc[counts.kind == "user", "n"].sum())
+    manifest = _manifest(cfg, started, files, catalog_counts, quarantined, n_kept, n_users, split_counts, vocabs,
+                         cutoffs, _split_time_ranges(examples), price_edges)
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    on_stage("checking the manifest against the outputs")
+    verify_outputs(out, cfg, manifest)
+    return manifest
 
-    manifest = {
+
+def _manifest(cfg: RayrecConfig, started: float, files: Any, catalog_counts: dict[str, Any], q: _Quarantined,
+              n_kept: int, n_users: int, split_counts: pd.DataFrame, vocabs: dict[str, Any], cutoffs: Any,
+              time_ranges: Any, price_edges: Any) -> dict[str, Any]:
+    return {
         "schema_version": SCHEMA_VERSION,
         "config_fingerprint": cfg.fingerprint(),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(time.time() - started, 2),
         "source": {"format": cfg.source.format, "files_read": files.read, "empty_files": files.empty,
                    "bad_files": files.bad},
-        "counts": event_counts(rows_read, rejected_by_reason, n_duplicates, filtered_by_reason, kcore_rounds,
-                               n_kept, int(counts.loc[counts.kind == "user", "n"].sum())),
+        "counts": event_counts(q.rows_read, q.rejected_by_reason, q.duplicates, q.filtered_by_reason,
+                               q.kcore_rounds, n_kept, n_users),
         "catalog": catalog_counts,
         "outputs": _outputs_summary(split_counts),
         "vocab_sizes": {name: len(v) for name, v in vocabs.items()},
@@ -421,13 +395,75 @@ def run_preprocess(cfg: RayrecConfig, on_stage: StageCallback = lambda _: None) 
         "split_cutoffs_ms": list(cutoffs),
         "time_ranges": time_ranges,
         "price_bucket_edges": price_edges,
-        "history_length": p.history_length,
-        "history_gap_s": p.history_gap_s,
+        "history_length": cfg.preprocess.history_length,
+        "history_gap_s": cfg.preprocess.history_gap_s,
     }  # fmt: skip
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    on_stage("checking the manifest against the outputs")
-    verify_outputs(out, cfg, manifest)
-    return manifest
+
+
+def _unique_valid_events(cfg: RayrecConfig, paths: list[str], validator: Any, out: Path,
+                         quarantined: _Quarantined, on_stage: StageCallback) -> Any:
+    """The event files read and validated, rejects written to ``rejects/`` and exact repeats to
+    ``duplicates/``; returns the remaining rows (a materialized Ray Dataset)."""
+    import ray
+
+    on_stage(f"reading and validating {len(paths)} event file(s)")
+    validated = (
+        ray.data.from_items([{"path": f} for f in paths], override_num_blocks=len(paths))
+        .map_batches(_read_event_files, batch_size=1, fn_kwargs={"source": cfg.source})
+        .map_batches(validator, batch_format="pyarrow")
+        .materialize()
+    )
+    quarantined.rows_read = validated.count()
+    rejects = validated.map_batches(_rejected, batch_format="pandas")
+    rejects.write_parquet(str(out / "rejects"))
+    quarantined.rejected_by_reason = _grouped_counts(rejects, REASON_CODE)
+
+    on_stage("removing exact duplicates")
+    marked = (
+        validated.map_batches(_valid_with_bucket, batch_format="pandas",
+                              fn_kwargs={"buckets": cfg.preprocess.user_buckets})
+        .groupby(USER_BUCKET).map_groups(mark_duplicates, batch_format="pandas")
+        .materialize()
+    )
+    del validated  # free the object store: one copy of the log at a time
+    duplicates = marked.map_batches(_rows_where, batch_format="pandas", fn_kwargs={"column": "is_duplicate", "value": True})
+    duplicates.write_parquet(str(out / "duplicates"))
+    quarantined.duplicates = duplicates.count()
+    return marked.map_batches(_rows_where, batch_format="pandas",
+                              fn_kwargs={"column": "is_duplicate", "value": False}).materialize()
+
+
+def _kcore_kept(unique: Any, cutoffs: Any, cfg: RayrecConfig, out: Path, quarantined: _Quarantined,
+                on_stage: StageCallback) -> Any:
+    """k-core on the training period: removed rows written to ``filtered/`` with their round and
+    reason; returns the kept rows (a materialized Ray Dataset), an error when none are left."""
+    tagged, kcore_stats = _kcore(unique, cutoffs[0], cfg, on_stage)
+    filtered = tagged.map_batches(_filtered_rows, batch_format="pandas").materialize()
+    filtered.write_parquet(str(out / "filtered"))
+    quarantined.filtered_by_reason = _grouped_counts(filtered, REASON_CODE)
+    by_round = {int(k): v for k, v in _grouped_counts(filtered, KCORE_ROUND).items()}
+    quarantined.kcore_rounds = round_stats(kcore_stats, by_round)
+    del filtered
+    kept = tagged.map_batches(_kept_rows, batch_format="pandas").materialize()
+    if kept.count() == 0:
+        raise PreprocessError("no events left after k-core filtering; lower preprocess.min_user_events "
+                              "or preprocess.min_item_events")
+    return kept
+
+
+def _write_examples(kept: Any, spec: Any, out: Path) -> Any:
+    """Sequences, ranking and search examples per user bucket, written in a fixed order; returns them."""
+    # Sorted because the buckets leave the groupby's shuffle in the order it finishes them, which
+    # nothing fixes; the ranker reads its examples in file order, so the order is part of the data.
+    examples = (kept.groupby(USER_BUCKET)
+                .map_groups(_bucket_examples, batch_format="pandas", fn_kwargs={"spec": spec})
+                .sort([USER_BUCKET, BUCKET_ROW])
+                .materialize())
+    for kind, columns in OUTPUTS.items():
+        write_ordered_parquet(examples.map_batches(_drop_kind_columns, batch_format="pandas",
+                                                   fn_kwargs={"kind": kind, "keep": columns}),
+                              out / OUTPUT_DIRS[kind])
+    return examples
 
 
 def _outputs_summary(split_counts: pd.DataFrame) -> dict[str, dict[str, int]]:
