@@ -142,24 +142,18 @@ def load_search_systems(cfg: RayrecConfig) -> tuple[ReleaseManifest, ProductSear
     return meta, engine, personal
 
 
-def _split_search_events(processed: Path, split: str) -> pa.Table:
-    if not (processed / "search").exists():
-        return pa.table({"split": pa.array([], pa.int8())})
-    return pads.dataset(processed / "search").to_table(filter=pads.field("split") == SPLITS[split])
-
-
 def has_search_events(processed: Path, split: str) -> bool:
     """Whether preprocessing found search events followed by a click in the split (a log may have none)."""
-    return _split_search_events(processed, split).num_rows > 0
+    folder = processed / "search"
+    return folder.exists() and pads.dataset(folder).count_rows(filter=pads.field("split") == SPLITS[split]) > 0
 
 
 def search_events(processed: Path, split: str) -> pa.Table:
     """The split's search events (query → item clicked next) from preprocessing; an error when none."""
-    table = _split_search_events(processed, split)
-    if table.num_rows == 0:
+    if not has_search_events(processed, split):
         raise ArtifactError(f"{processed / 'search'}: no {split} search events (the data has no search events "
                             "followed by a click in that split)")
-    return table
+    return pads.dataset(processed / "search").to_table(filter=pads.field("split") == SPLITS[split])
 
 
 def run_search_evaluation(cfg: RayrecConfig, split: str = "test") -> tuple[pd.DataFrame, dict[str, Any]]:

@@ -240,7 +240,7 @@ class Retrieval:
         self.stage = RetrievalStage(release_dir, self.cfg, ranking)
         self.search_cfg = SearchConfig.model_validate(search_cfg or {"enabled": False})
         has_index = self.stage.core.release.manifest.search is not None
-        self.search_stage = (SearchStage(self.stage, release_dir, self.search_cfg)
+        self.search_stage = (SearchStage(self.stage, self.search_cfg)
                              if self.search_cfg.enabled and has_index else None)
         self.storefront_html = STOREFRONT_PAGE.read_text(encoding="utf-8")
 

@@ -33,7 +33,7 @@ class SearchQuery:
 
 
 class SearchStage:
-    def __init__(self, retrieval: RetrievalStage, release_dir: str, cfg: SearchConfig) -> None:
+    def __init__(self, retrieval: RetrievalStage, cfg: SearchConfig) -> None:
         core = retrieval.core
         self.retrieval, self.cfg = retrieval, cfg
         self.engine = ProductSearch.load(core.release.layout.search, cfg, core.catalog.n_items,
